@@ -1,0 +1,115 @@
+"""The ``"dense"`` and ``"sparse"`` implementations: one matrix for the layer.
+
+Both scatter the kernel into the ``(input_size * channels, positions *
+filters)`` matrix of the linear map the layer computes and apply it with one
+matrix product: dense as an ordinary array, sparse as a
+``jax.experimental.sparse.BCOO`` holding only the real connections. Taps that
+fall into padding have no entry: they would multiply zeros.
+
+Before building anything, each computes the bytes it will allocate and raises
+if that exceeds ``max_matrix_bytes``, instead of exhausting memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import sparse
+
+from flax_local._src.geometry import Geometry
+
+DEFAULT_MAX_MATRIX_BYTES = 1 << 30
+"""Largest matrix (1 GiB) ``"dense"`` and ``"sparse"`` build unless told otherwise."""
+
+
+def dense_matrix_bytes(geometry: Geometry, channels: int, filters: int, itemsize: int) -> int:
+    """Bytes of the dense ``(input_size * C, positions * F)`` matrix."""
+    return math.prod(geometry.input_spatial) * channels * geometry.num_positions * filters * itemsize
+
+
+def sparse_matrix_bytes(geometry: Geometry, channels: int, filters: int, itemsize: int) -> int:
+    """Bytes of the BCOO matrix: values plus two int32 indices per stored entry."""
+    _, valid = geometry.input_coordinates()
+    return int(valid.sum()) * channels * filters * (itemsize + 8)
+
+
+def _check_size(implementation: str, needed: int, limit: int) -> None:
+    if needed > limit:
+        raise ValueError(
+            f"implementation={implementation!r} would build a {needed / 2**20:.1f} MiB matrix "
+            f"({needed} bytes), over max_matrix_bytes={limit}. Use implementation='patches' "
+            f"(memory grows with the kernel only) or raise max_matrix_bytes."
+        )
+
+
+def _connections(geometry: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input index, position, window offset) of every tap inside the input."""
+    index, valid = geometry.input_coordinates()
+    positions, offsets = np.nonzero(valid)
+    return index[positions, offsets], positions, offsets
+
+
+def _finish(y: jax.Array, bias: jax.Array | None, geometry: Geometry, filters: int) -> jax.Array:
+    y = y.reshape(y.shape[0], *geometry.output_spatial, filters)
+    return y if bias is None else y + bias
+
+
+def apply_dense(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    geometry: Geometry,
+    precision: lax.PrecisionLike,
+    max_matrix_bytes: int,
+) -> jax.Array:
+    """Applies the layer to ``(batch, *spatial, C)`` with one dense matmul."""
+    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
+    needed = dense_matrix_bytes(geometry, channels, filters, jnp.dtype(kernel.dtype).itemsize)
+    _check_size("dense", needed, max_matrix_bytes)
+    inputs, positions, offsets = _connections(geometry)
+    taps = kernel.reshape(geometry.num_positions, geometry.window_volume, channels, filters)
+    matrix = jnp.zeros(
+        (math.prod(geometry.input_spatial), channels, geometry.num_positions, filters), kernel.dtype
+    )
+    # Two index arrays around a slice: the indexed axes lead, so the update is
+    # (connections, C, F), exactly what taps[positions, offsets] is.
+    matrix = matrix.at[inputs, :, positions, :].set(taps[positions, offsets])
+    y = jnp.matmul(
+        x.reshape(batch, -1), matrix.reshape(-1, geometry.num_positions * filters), precision=precision
+    )
+    return _finish(y, bias, geometry, filters)
+
+
+def apply_sparse(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    geometry: Geometry,
+    precision: lax.PrecisionLike,
+    max_matrix_bytes: int,
+) -> jax.Array:
+    """Applies the layer to ``(batch, *spatial, C)`` with one sparse matmul."""
+    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
+    needed = sparse_matrix_bytes(geometry, channels, filters, jnp.dtype(kernel.dtype).itemsize)
+    _check_size("sparse", needed, max_matrix_bytes)
+    inputs, positions, offsets = _connections(geometry)
+    taps = kernel.reshape(geometry.num_positions, geometry.window_volume, channels, filters)
+    values = taps[positions, offsets].reshape(-1)  # (connections * C * F,)
+    c, f = np.meshgrid(np.arange(channels), np.arange(filters), indexing="ij")
+    rows = (inputs[:, None, None] * channels + c[None]).reshape(-1)
+    cols = (positions[:, None, None] * filters + f[None]).reshape(-1)
+    indices = np.stack([rows, cols], axis=-1).astype(np.int32)
+    matrix = sparse.BCOO(
+        (values, jnp.asarray(indices)),
+        shape=(math.prod(geometry.input_spatial) * channels, geometry.num_positions * filters),
+        indices_sorted=False,
+        unique_indices=True,
+    )
+    y = sparse.bcoo_dot_general(
+        x.reshape(batch, -1), matrix, dimension_numbers=(((1,), (0,)), ((), ())), precision=precision
+    )
+    return _finish(y, bias, geometry, filters)

@@ -1,0 +1,177 @@
+"""Which input positions each output position of a local layer reads.
+
+A ``Geometry`` is computed from static shapes at trace time. Every
+implementation uses the same one, so they agree on output sizes, padding and
+error messages by construction.
+
+Output position ``o`` along a dimension reads the padded-input positions
+``o * stride + j * dilation`` for kernel offsets ``j = 0 .. kernel_size - 1``;
+in unpadded coordinates that is ``o * stride + j * dilation - pad_low``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from flax_local._src import arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Static description of one local layer applied to one input size.
+
+    Attributes:
+      input_spatial: spatial shape of the (unpadded) input.
+      kernel_size: window size per spatial dimension.
+      strides: step between windows per spatial dimension.
+      dilation: spacing of the window taps per spatial dimension.
+      padding: resolved ``(low, high)`` padding per spatial dimension.
+      output_spatial: number of output positions per spatial dimension.
+    """
+
+    input_spatial: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    output_spatial: tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.kernel_size)
+
+    @property
+    def num_positions(self) -> int:
+        return math.prod(self.output_spatial)
+
+    @property
+    def window_volume(self) -> int:
+        return math.prod(self.kernel_size)
+
+    def input_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat input index read by each (output position, kernel offset).
+
+        Returns:
+          ``(index, valid)``, both of shape ``(num_positions, window_volume)``.
+          ``index`` is the row-major flat index into the unpadded input spatial
+          shape (0 where invalid); ``valid`` is False where the tap falls into
+          padding (it reads a zero).
+        """
+        index = np.zeros((self.num_positions, self.window_volume), np.int64)
+        valid = np.ones((self.num_positions, self.window_volume), bool)
+        out_grid = np.indices(self.output_spatial).reshape(self.rank, -1)
+        tap_grid = np.indices(self.kernel_size).reshape(self.rank, -1)
+        for d in range(self.rank):
+            coord = (
+                out_grid[d][:, None] * self.strides[d]
+                + tap_grid[d][None, :] * self.dilation[d]
+                - self.padding[d][0]
+            )
+            inside = (coord >= 0) & (coord < self.input_spatial[d])
+            valid &= inside
+            index = index * self.input_spatial[d] + np.where(inside, coord, 0)
+        return np.where(valid, index, 0), valid
+
+
+def resolve_padding(
+    padding: str | tuple[tuple[int, int], ...],
+    input_spatial: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[tuple[int, int], ...]:
+    """Turns a validated padding (name or pairs) into explicit (low, high) pairs.
+
+    ``"same"`` has the TF/lax meaning: output size ``ceil(input / stride)``, the
+    total padding split with ``low = total // 2``. ``"causal"`` pads
+    ``dilation * (kernel_size - 1)`` on the left only.
+    """
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return tuple((0, 0) for _ in input_spatial)
+    if padding == "causal":
+        return ((dilation[0] * (kernel_size[0] - 1), 0),)
+    pairs = []
+    for size, k, s, d in zip(input_spatial, kernel_size, strides, dilation):
+        out = -(-size // s)
+        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+        pairs.append((total // 2, total - total // 2))
+    return tuple(pairs)
+
+
+def make_geometry(
+    input_spatial: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    strides: tuple[int, ...],
+    padding: str | tuple[tuple[int, int], ...],
+    dilation: tuple[int, ...],
+) -> Geometry:
+    """Resolves padding and output size, raising if no window fits the input."""
+    pads = resolve_padding(padding, input_spatial, kernel_size, strides, dilation)
+    output = []
+    for size, k, s, d, (low, high) in zip(input_spatial, kernel_size, strides, dilation, pads):
+        span = d * (k - 1) + 1
+        padded = size + low + high
+        output.append((padded - span) // s + 1 if padded >= span else 0)
+    if any(o < 1 for o in output):
+        raise ValueError(
+            f"input spatial shape {input_spatial} is too small for kernel_size={kernel_size} "
+            f"with dilation_rate={dilation} and padding={padding!r} (resolved to {pads}): "
+            f"the output would have shape {tuple(output)}; every output size must be >= 1."
+        )
+    return Geometry(
+        input_spatial=tuple(input_spatial),
+        kernel_size=kernel_size,
+        strides=strides,
+        dilation=dilation,
+        padding=pads,
+        output_spatial=tuple(output),
+    )
+
+
+def smallest_input_for(
+    output_spatial: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    strides: tuple[int, ...],
+    padding: str | tuple[tuple[int, int], ...],
+    dilation: tuple[int, ...],
+) -> tuple[int, ...] | None:
+    """The smallest input spatial shape that yields ``output_spatial``, if any.
+
+    Used only to write a helpful error when an input does not match the size
+    that a layer's parameters were made for.
+    """
+    found = []
+    for d in range(len(output_spatial)):
+        for size in range(1, output_spatial[d] * strides[d] + dilation[d] * kernel_size[d] + 4):
+            pads = resolve_padding(
+                padding if isinstance(padding, str) else (padding[d],),
+                (size,),
+                (kernel_size[d],),
+                (strides[d],),
+                (dilation[d],),
+            )[0]
+            span = dilation[d] * (kernel_size[d] - 1) + 1
+            padded = size + pads[0] + pads[1]
+            if padded >= span and (padded - span) // strides[d] + 1 == output_spatial[d]:
+                found.append(size)
+                break
+        else:
+            return None
+    return tuple(found)
+
+
+def check_geometry_arguments(
+    rank: int, kernel_size, strides, padding, dilation_rate
+) -> tuple[tuple[int, ...], tuple[int, ...], str | tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """Validates the window arguments for a layer of spatial ``rank``."""
+    return (
+        arguments.to_tuple(kernel_size, rank, "kernel_size"),
+        arguments.to_tuple(strides, rank, "strides"),
+        arguments.check_padding(padding, rank),
+        arguments.to_tuple(dilation_rate, rank, "dilation_rate"),
+    )

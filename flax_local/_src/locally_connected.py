@@ -1,0 +1,181 @@
+"""``locally_connected``: the pure function every layer calls."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from flax_local._src import arguments
+from flax_local._src import geometry as geometry_lib
+from flax_local._src.auto import choose_implementation
+from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse
+from flax_local._src.patches import apply_patches
+
+
+def locally_connected(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None = None,
+    *,
+    strides: arguments.IntOrSequence = 1,
+    padding: arguments.PaddingLike = "valid",
+    dilation_rate: arguments.IntOrSequence = 1,
+    data_format: str = "channels_last",
+    implementation: str | int = "auto",
+    precision: lax.PrecisionLike = None,
+    max_matrix_bytes: int | None = None,
+) -> jax.Array:
+    """Applies a locally-connected layer: a convolution with unshared weights.
+
+    Output position ``o`` (a tuple of spatial indices) is
+
+    ``y[..., o, f] = bias[o, f] + sum_{j, c} x_padded[..., o * strides + j *
+    dilation_rate, c] * kernel[o, j, c, f]``
+
+    where ``j`` runs over the window offsets. Parameter layout, the same for
+    every ``data_format`` and implementation:
+
+    * ``kernel``: ``(*output_spatial, *kernel_size, in_channels, filters)``; in
+      2D, ``kernel[i, j]`` is an ordinary HWIO conv kernel for position (i, j).
+    * ``bias``: ``(*output_spatial, filters)``.
+
+    The spatial rank ``n`` is read from the kernel (``kernel.ndim == 2 * n +
+    2``), and so is ``kernel_size``.
+
+    Args:
+      x: input of shape ``(*batch, *spatial, C)`` for ``"channels_last"`` or
+        ``(*batch, C, *spatial)`` for ``"channels_first"``, with any number of
+        leading batch dimensions (including none).
+      kernel: the weights, in the layout above.
+      bias: optional bias, in the layout above.
+      strides: step between windows: an int or one int per spatial dimension.
+      padding: ``"valid"``; ``"same"`` (TF/lax meaning: output size
+        ``ceil(size / stride)``, total padding split ``low = total // 2``);
+        ``"causal"`` (1D only: ``dilation * (k - 1)`` zeros on the left); or a
+        sequence of ``(low, high)`` int pairs, one per spatial dimension
+        (negative values crop). Strings are case-insensitive.
+      dilation_rate: spacing between window taps: an int or one per dimension.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+      implementation: ``"patches"``, ``"dense"``, ``"sparse"`` or ``"auto"``
+        (Keras's ``1``, ``2``, ``3`` are aliases of the first three). All give
+        the same numbers; see the README for when each is fastest.
+      precision: passed to the matrix products (``jax.lax.Precision``).
+      max_matrix_bytes: the largest matrix ``"dense"`` or ``"sparse"`` may
+        build before raising (default ``DEFAULT_MAX_MATRIX_BYTES``, 1 GiB).
+
+    Returns:
+      ``(*batch, *output_spatial, filters)`` for ``"channels_last"`` or
+      ``(*batch, filters, *output_spatial)`` for ``"channels_first"``.
+
+    Raises:
+      ValueError: at trace time, for any argument or shape that does not fit.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax_local.functional import locally_connected
+      >>> x = jnp.ones((4, 10, 10, 3))                    # NHWC
+      >>> kernel = jnp.ones((8, 8, 3, 3, 3, 16))          # 8x8 positions, 3x3 window
+      >>> locally_connected(x, kernel).shape
+      (4, 8, 8, 16)
+    """
+    kernel = jnp.asarray(kernel)
+    x = jnp.asarray(x)
+    if kernel.ndim < 4 or kernel.ndim % 2:
+        raise ValueError(
+            "kernel must have shape (*output_spatial, *kernel_size, in_channels, filters), "
+            f"i.e. rank 4, 6 or 8 for 1, 2 or 3 spatial dimensions, got shape {kernel.shape}."
+        )
+    rank = (kernel.ndim - 2) // 2
+    kernel_size = tuple(kernel.shape[rank : 2 * rank])
+    _, strides_t, padding_v, dilation_t = geometry_lib.check_geometry_arguments(
+        rank, kernel_size, strides, padding, dilation_rate
+    )
+    data_format = arguments.check_data_format(data_format)
+    implementation = arguments.check_implementation(implementation)
+    if x.ndim < rank + 1:
+        raise ValueError(
+            f"x must have rank >= {rank + 1} (optional batch dimensions, {rank} spatial "
+            f"dimension(s) and channels) for a kernel of {rank} spatial dimension(s), "
+            f"got shape {x.shape}."
+        )
+    channels_first = data_format == "channels_first"
+    batch_shape = x.shape[: x.ndim - rank - 1]
+    if channels_first:
+        channels, spatial = x.shape[len(batch_shape)], x.shape[len(batch_shape) + 1 :]
+    else:
+        channels, spatial = x.shape[-1], x.shape[len(batch_shape) : -1]
+    if channels != kernel.shape[-2]:
+        raise ValueError(
+            f"x has {channels} channels ({data_format}, shape {x.shape}) but the kernel "
+            f"expects in_channels={kernel.shape[-2]} (kernel shape {kernel.shape})."
+        )
+    geometry = geometry_lib.make_geometry(tuple(spatial), kernel_size, strides_t, padding_v, dilation_t)
+    filters = kernel.shape[-1]
+    if tuple(kernel.shape[:rank]) != geometry.output_spatial:
+        raise ValueError(
+            f"kernel has {tuple(kernel.shape[:rank])} output positions (kernel shape "
+            f"{kernel.shape}) but x of spatial shape {tuple(spatial)} gives "
+            f"{geometry.output_spatial} with strides={strides_t}, padding={padding!r}, "
+            f"dilation_rate={dilation_t}."
+        )
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        if bias.shape != (*geometry.output_spatial, filters):
+            raise ValueError(
+                f"bias must have shape (*output_spatial, filters) = "
+                f"{(*geometry.output_spatial, filters)}, got {bias.shape}."
+            )
+    dtype = jnp.result_type(x, kernel, *([] if bias is None else [bias]))
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    bias = None if bias is None else bias.astype(dtype)
+
+    if implementation == "auto":
+        implementation = choose_implementation(geometry, channels, filters, dtype)
+    x = x.reshape(math.prod(batch_shape), *x.shape[len(batch_shape) :])
+    if channels_first:
+        x = jnp.moveaxis(x, 1, -1)
+    limit = DEFAULT_MAX_MATRIX_BYTES if max_matrix_bytes is None else max_matrix_bytes
+    if implementation == "patches":
+        y = apply_patches(x, kernel, bias, geometry, precision)
+    elif implementation == "dense":
+        y = apply_dense(x, kernel, bias, geometry, precision, limit)
+    else:
+        y = apply_sparse(x, kernel, bias, geometry, precision, limit)
+    if channels_first:
+        y = jnp.moveaxis(y, -1, 1)
+    return y.reshape(*batch_shape, *y.shape[1:])
+
+
+def output_shape(
+    input_spatial: tuple[int, ...],
+    kernel_size: arguments.IntOrSequence,
+    *,
+    strides: arguments.IntOrSequence = 1,
+    padding: arguments.PaddingLike = "valid",
+    dilation_rate: arguments.IntOrSequence = 1,
+) -> tuple[int, ...]:
+    """Number of output positions per spatial dimension.
+
+    Args:
+      input_spatial: the input's spatial shape (no batch, no channels).
+      kernel_size: window size, an int or one per spatial dimension.
+      strides: as in ``locally_connected``.
+      padding: as in ``locally_connected``.
+      dilation_rate: as in ``locally_connected``.
+
+    Returns:
+      The output spatial shape: the leading axes of the kernel.
+
+    Example:
+      >>> from flax_local.functional import output_shape
+      >>> output_shape((32, 32), 3, strides=2, padding="same")
+      (16, 16)
+    """
+    rank = len(input_spatial)
+    ks, st, pad, dil = geometry_lib.check_geometry_arguments(
+        rank, kernel_size, strides, padding, dilation_rate
+    )
+    return geometry_lib.make_geometry(tuple(input_spatial), ks, st, pad, dil).output_spatial

@@ -186,7 +186,9 @@ class LocallyConnected(nn.Module):
         )
         if activation is not None:
             y = activation(y)
-        if self.is_mutable_collection("losses"):
+        # Not during init: the penalties would land in the returned variables and
+        # be appended to again by every apply that is given them.
+        if self.is_mutable_collection("losses") and not self.is_initializing():
             self._sow_regularization(regularizers, kernel, bias, y, inputs.ndim - rank - 1)
         return y
 

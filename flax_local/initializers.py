@@ -10,8 +10,8 @@ from flax_local._src.initializers import per_position as per_position
 from flax_local._src.initializers import variance_scaling as variance_scaling
 
 __all__ = [
-    "NAMES",
     "Initializer",
+    "NAMES",
     "constant",
     "get",
     "identity",

@@ -147,27 +147,76 @@ class RadialConstraint:
 
 
 def max_norm(max_value: float = 2.0) -> MaxNorm:
-    """Each unit's norm at most ``max_value``. See ``MaxNorm``."""
+    """Each unit's norm at most ``max_value``. See ``MaxNorm``.
+
+    Args:
+      max_value: the largest norm a unit may have.
+
+    Returns:
+      The constraint, a callable on a kernel.
+
+    Example:
+      >>> import flax_local
+      >>> layer = flax_local.LocallyConnected2D(8, 3, kernel_constraint=max_norm(2.0))
+    """
     return MaxNorm(max_value)
 
 
 def non_neg() -> NonNeg:
-    """All weights >= 0. See ``NonNeg``."""
+    """All weights >= 0. See ``NonNeg``.
+
+    Returns:
+      The constraint, a callable on any parameter.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> non_neg()(jnp.array([-0.5, 0.5])).tolist()
+      [0.0, 0.5]
+    """
     return NonNeg()
 
 
 def unit_norm() -> UnitNorm:
-    """Each unit's norm equal to 1. See ``UnitNorm``."""
+    """Each unit's norm equal to 1. See ``UnitNorm``.
+
+    Returns:
+      The constraint, a callable on a kernel.
+
+    Example:
+      >>> import flax_local
+      >>> layer = flax_local.LocallyConnected1D(4, 3, kernel_constraint=unit_norm())
+    """
     return UnitNorm()
 
 
 def min_max_norm(min_value: float = 0.0, max_value: float = 1.0, rate: float = 1.0) -> MinMaxNorm:
-    """Each unit's norm within ``[min_value, max_value]``. See ``MinMaxNorm``."""
+    """Each unit's norm within ``[min_value, max_value]``. See ``MinMaxNorm``.
+
+    Args:
+      min_value: the smallest norm a unit may have.
+      max_value: the largest norm a unit may have.
+      rate: how far each step moves a norm into the range (1: all the way).
+
+    Returns:
+      The constraint, a callable on a kernel.
+
+    Example:
+      >>> import flax_local
+      >>> layer = flax_local.LocallyConnected1D(4, 3, kernel_constraint=min_max_norm(0.5, 1.0))
+    """
     return MinMaxNorm(min_value, max_value, rate)
 
 
 def radial_constraint() -> RadialConstraint:
-    """Radially symmetric 2D windows. See ``RadialConstraint``."""
+    """Radially symmetric 2D windows. See ``RadialConstraint``.
+
+    Returns:
+      The constraint, a callable on the kernel of a 2D layer.
+
+    Example:
+      >>> import flax_local
+      >>> layer = flax_local.LocallyConnected2D(4, 3, kernel_constraint=radial_constraint())
+    """
     return RadialConstraint()
 
 
@@ -182,6 +231,17 @@ _NAMED: dict[str, Callable[[], Constraint]] = {
 
 def get_constraint(constraint: str | Constraint | None, argument: str = "constraint") -> Constraint | None:
     """Resolves None, a callable or a Keras name to a constraint.
+
+    Args:
+      constraint: None, a callable, or one of "max_norm", "non_neg",
+        "unit_norm", "min_max_norm", "radial_constraint" (Keras defaults).
+      argument: the argument's name, for the error message.
+
+    Returns:
+      The constraint, or None.
+
+    Raises:
+      ValueError: for an unknown name.
 
     Example:
       >>> get_constraint("non_neg")

@@ -64,6 +64,15 @@ class LocallyConnected(nn.Module):
       precision: numerical precision of the matrix products.
       max_matrix_bytes: limit for the matrix ``"dense"``/``"sparse"`` build
         (default 1 GiB).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax_local import LocallyConnected
+      >>> layer = LocallyConnected(filters=2, kernel_size=(3, 3, 3))  # 3D from the kernel
+      >>> x = jnp.ones((5, 5, 5, 1))                                   # no batch dimension
+      >>> variables = layer.init(jax.random.key(0), x)
+      >>> jax.tree_util.tree_map(jnp.shape, variables["params"])
+      {'bias': (3, 3, 3, 2), 'kernel': (3, 3, 3, 3, 3, 3, 1, 2)}
     """
 
     filters: int

@@ -79,6 +79,16 @@ def get_regularizer(
 ) -> Regularizer | None:
     """Resolves None, a callable ``array -> scalar`` or a name ("l1", "l2", "l1_l2").
 
+    Args:
+      regularizer: None, a callable, or a name (each with factor 0.01).
+      argument: the argument's name, for the error message.
+
+    Returns:
+      The regularizer, or None.
+
+    Raises:
+      ValueError: for an unknown name.
+
     Example:
       >>> get_regularizer("l2")
       L1L2(l1=0.0, l2=0.01)

@@ -1,0 +1,453 @@
+"""Flax NNX modules: thin wrappers over ``locally_connected``.
+
+NNX modules create their parameters eagerly in ``__init__``, and a
+locally-connected layer's parameter shapes depend on the input's spatial size,
+so these modules take ``in_features`` (the input channels) and ``input_shape``
+(the input's spatial shape) at construction. Everything else matches the linen
+modules in ``flax_local._src.linen``: argument names and defaults, parameter
+layout, per-position initializers, error messages, and the numbers computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.linen.dtypes import promote_dtype
+from jax import lax
+
+from flax_local._src import arguments
+from flax_local._src import geometry as geometry_lib
+from flax_local._src.activations import Activation, get_activation
+from flax_local._src.constraints import Constraint, get_constraint
+from flax_local._src.initializers import Initializer, get_initializer, per_position
+from flax_local._src.locally_connected import locally_connected
+from flax_local._src.regularizers import Regularizer, get_regularizer
+
+
+class RegularizationLoss(nnx.Variable):
+    """The variable type holding a layer's last activity penalty.
+
+    It is not an ``nnx.Param``, so ``nnx.Optimizer(model, tx, wrt=nnx.Param)``
+    and ``nnx.grad`` leave it alone; filter on it to read the penalties, e.g.
+    ``nnx.state(model, RegularizationLoss)``.
+    """
+
+
+class LocallyConnected(nnx.Module):
+    """An N-D locally-connected layer on ``flax.nnx``: a convolution with unshared weights.
+
+    The NNX twin of ``flax_local.LocallyConnected``: the same arguments,
+    defaults, parameter layout and numbers, plus what an eager NNX module needs
+    to create its parameters at construction: ``in_features`` (the input
+    channels), ``input_shape`` (the input's *spatial* shape, without batch or
+    channels) and ``rngs``. The spatial rank is ``len(kernel_size)``;
+    ``LocallyConnected1D/2D/3D`` fix it and accept an int ``kernel_size``.
+
+    Parameters (``nnx.Param``): ``kernel`` of shape ``(*output_spatial,
+    *kernel_size, in_features, filters)`` and ``bias`` of shape
+    ``(*output_spatial, filters)`` (None when ``use_bias=False``), whatever
+    ``data_format`` and ``implementation``. Initializers see one position's
+    block and are applied to each position independently, as in the linen
+    modules.
+
+    Regularizers and constraints: ``regularization_loss()`` returns the kernel
+    and bias penalties of the current parameters plus the activity penalty of
+    the last call (stored in ``activity_loss``, a ``RegularizationLoss``
+    variable, only when ``activity_regularizer`` is set; divided by the batch
+    size as in tf_keras). Add it to the loss inside the function you
+    differentiate. ``apply_constraints()`` projects the parameters in place;
+    call it after each optimizer update. ``flax_local.nnx.regularization_loss``
+    and ``flax_local.nnx.apply_constraints`` do the same for every layer of a
+    whole model.
+
+    Args:
+      in_features: number of input channels.
+      filters: number of output channels.
+      kernel_size: window size, one int per spatial dimension.
+      input_shape: the spatial shape of the inputs the layer will accept, one
+        int per spatial dimension (no batch, no channels).
+      strides: step between windows, an int or one per spatial dimension.
+      padding: ``"valid"``, ``"same"``, ``"causal"`` (1D) or ``(low, high)``
+        pairs; see ``flax_local.functional.locally_connected``.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+      dilation_rate: spacing of the window taps, an int or one per dimension.
+      activation: None, a callable, or a Keras activation name.
+      use_bias: whether to add a per-position bias.
+      kernel_initializer: a jax initializer or a Keras name, for one position.
+      bias_initializer: a jax initializer or a Keras name, for one position.
+      kernel_regularizer: None, a callable ``array -> scalar`` or a name
+        ("l1", "l2", "l1_l2"); see ``regularization_loss``.
+      bias_regularizer: as ``kernel_regularizer``, for the bias.
+      activity_regularizer: as ``kernel_regularizer``, applied to the output
+        and divided by the batch size (tf_keras's convention).
+      kernel_constraint: None, a callable or a name; see ``apply_constraints``.
+      bias_constraint: as ``kernel_constraint``, for the bias.
+      implementation: ``"auto"``, ``"patches"``, ``"dense"``, ``"sparse"`` (or
+        Keras's 1, 2, 3). All compute the same numbers from the same params.
+      dtype: the computation dtype (default: inferred from inputs and params).
+      param_dtype: the dtype of the parameters.
+      precision: numerical precision of the matrix products.
+      max_matrix_bytes: limit for the matrix ``"dense"``/``"sparse"`` build
+        (default 1 GiB).
+      rngs: the ``nnx.Rngs`` whose ``params`` stream initializes the weights.
+
+    Raises:
+      ValueError: for any argument that does not fit, naming it and the value
+        received.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from flax_local import nnx as local_nnx
+      >>> layer = local_nnx.LocallyConnected(
+      ...     3, 4, kernel_size=(2, 2, 2), input_shape=(5, 5, 5), rngs=nnx.Rngs(0))
+      >>> layer.kernel.shape, layer.bias.shape
+      ((4, 4, 4, 2, 2, 2, 3, 4), (4, 4, 4, 4))
+      >>> layer(jnp.ones((2, 5, 5, 5, 3))).shape
+      (2, 4, 4, 4, 4)
+    """
+
+    spatial_rank: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        in_features: int,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        *,
+        input_shape: Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: arguments.PaddingLike = "valid",
+        data_format: str = "channels_last",
+        dilation_rate: int | Sequence[int] = 1,
+        activation: str | Activation | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | Initializer = "glorot_uniform",
+        bias_initializer: str | Initializer = "zeros",
+        kernel_regularizer: str | Regularizer | None = None,
+        bias_regularizer: str | Regularizer | None = None,
+        activity_regularizer: str | Regularizer | None = None,
+        kernel_constraint: str | Constraint | None = None,
+        bias_constraint: str | Constraint | None = None,
+        implementation: str | int = "auto",
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: lax.PrecisionLike = None,
+        max_matrix_bytes: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        rank = self._rank(kernel_size)
+        self.in_features = arguments.check_positive(in_features, "in_features")
+        self.filters = arguments.check_positive(filters, "filters")
+        self.kernel_size, self.strides, self.padding, self.dilation_rate = (
+            geometry_lib.check_geometry_arguments(rank, kernel_size, strides, padding, dilation_rate)
+        )
+        self.input_shape = arguments.to_tuple(input_shape, rank, "input_shape")
+        self.data_format = arguments.check_data_format(data_format)
+        self.implementation = arguments.check_implementation(implementation)
+        self.activation = get_activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_regularizer = get_regularizer(kernel_regularizer, "kernel_regularizer")
+        self.bias_regularizer = get_regularizer(bias_regularizer, "bias_regularizer")
+        self.activity_regularizer = get_regularizer(activity_regularizer, "activity_regularizer")
+        self.kernel_constraint = get_constraint(kernel_constraint, "kernel_constraint")
+        self.bias_constraint = get_constraint(bias_constraint, "bias_constraint")
+        if self.bias_constraint is not None and not self.use_bias:
+            raise ValueError(
+                f"{type(self).__name__} declares bias_constraint={bias_constraint!r} but "
+                "use_bias=False: the constraint would be silently dropped."
+            )
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.max_matrix_bytes = max_matrix_bytes
+
+        geometry = geometry_lib.make_geometry(
+            self.input_shape, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        )
+        self.output_shape = geometry.output_spatial
+        kernel_init = per_position(get_initializer(kernel_initializer, "kernel_initializer"), rank)
+        self.kernel = nnx.Param(
+            kernel_init(
+                rngs.params(),
+                (*self.output_shape, *self.kernel_size, self.in_features, self.filters),
+                param_dtype,
+            )
+        )
+        if self.use_bias:
+            bias_init = per_position(get_initializer(bias_initializer, "bias_initializer"), rank)
+            self.bias = nnx.Param(bias_init(rngs.params(), (*self.output_shape, self.filters), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+        if self.activity_regularizer is not None:
+            self.activity_loss = RegularizationLoss(jnp.zeros((), jnp.float32))
+        else:
+            self.activity_loss = nnx.data(None)
+
+    def _rank(self, kernel_size: int | Sequence[int]) -> int:
+        if self.spatial_rank is not None:
+            return self.spatial_rank
+        if isinstance(kernel_size, int) or not isinstance(kernel_size, Sequence):
+            raise ValueError(
+                "LocallyConnected needs kernel_size as a sequence (one int per spatial dimension) "
+                f"to know its rank, got {kernel_size!r}; or use LocallyConnected1D/2D/3D."
+            )
+        return len(kernel_size)
+
+    @property
+    def rank(self) -> int:
+        """The number of spatial dimensions."""
+        return len(self.kernel_size)
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Applies the layer.
+
+        Args:
+          inputs: ``(*batch, *input_shape, in_features)`` (channels_last) or
+            ``(*batch, in_features, *input_shape)`` (channels_first); any number
+            of batch dimensions.
+
+        Returns:
+          ``(*batch, *output_shape, filters)`` or ``(*batch, filters,
+          *output_shape)``.
+
+        Raises:
+          ValueError: when the inputs' rank, spatial shape or channels differ
+            from those the layer was built for.
+        """
+        name = type(self).__name__
+        rank = self.rank
+        inputs = jnp.asarray(inputs)
+        if inputs.ndim < rank + 1:
+            layout = (
+                "(*batch, *spatial, channels)"
+                if self.data_format == "channels_last"
+                else "(*batch, channels, *spatial)"
+            )
+            raise ValueError(
+                f"{name} needs inputs of rank >= {rank + 1}, {layout} with {rank} spatial "
+                f"dimension(s), but got inputs of shape {inputs.shape}."
+            )
+        if self.data_format == "channels_last":
+            spatial, channels = tuple(inputs.shape[-rank - 1 : -1]), inputs.shape[-1]
+        else:
+            spatial, channels = tuple(inputs.shape[-rank:]), inputs.shape[-rank - 1]
+        kernel = self.kernel[...]
+        geometry = geometry_lib.make_geometry(
+            spatial, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        )
+        expected = (*geometry.output_spatial, *self.kernel_size, channels, self.filters)
+        if kernel.shape != expected:
+            raise ValueError(
+                f"{name} got inputs of spatial shape {spatial} with {channels} channels, which "
+                f"needs a kernel of shape {expected}, but its kernel has shape {kernel.shape} "
+                f"(made for inputs of spatial shape {self.input_shape} with {self.in_features} "
+                "channels). A locally-connected layer only accepts the input size it was "
+                "initialized with."
+            )
+        bias = None if self.bias is None else self.bias[...]
+        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = locally_connected(
+            inputs,
+            kernel,
+            bias,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+            implementation=self.implementation,
+            precision=self.precision,
+            max_matrix_bytes=self.max_matrix_bytes,
+        )
+        if self.activation is not None:
+            y = self.activation(y)
+        if self.activity_regularizer is not None:
+            batch_size = 1
+            for size in y.shape[: inputs.ndim - rank - 1]:
+                batch_size *= size
+            penalty = self.activity_regularizer(y) / batch_size
+            self.activity_loss[...] = jnp.asarray(penalty, jnp.float32)
+        return y
+
+    def regularization_loss(self) -> jax.Array:
+        """The kernel and bias penalties, plus the last call's activity penalty.
+
+        Call it after the forward pass, inside the function you differentiate,
+        so that the activity penalty is the one of that pass.
+
+        Returns:
+          A float32 scalar (0 when no regularizer is set).
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> from flax_local import nnx as local_nnx
+          >>> layer = local_nnx.LocallyConnected1D(
+          ...     2, 4, 3, input_shape=(8,), kernel_regularizer="l2", rngs=nnx.Rngs(0))
+          >>> total = 0.01 * jnp.sum(layer.kernel[...] ** 2)
+          >>> bool(jnp.allclose(layer.regularization_loss(), total))
+          True
+        """
+        total = jnp.zeros((), jnp.float32)
+        if self.kernel_regularizer is not None:
+            total = total + jnp.asarray(self.kernel_regularizer(self.kernel[...]), jnp.float32)
+        if self.bias_regularizer is not None and self.bias is not None:
+            total = total + jnp.asarray(self.bias_regularizer(self.bias[...]), jnp.float32)
+        if self.activity_loss is not None:
+            total = total + self.activity_loss[...]
+        return total
+
+    def apply_constraints(self) -> None:
+        """Projects ``kernel`` and ``bias`` in place onto their constraints.
+
+        Norm constraints act per output unit (position, filter), as in
+        ``flax_local.constraints``; on the bias each element is a unit. Call it
+        after every optimizer update (Keras applies constraints after each
+        step).
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from flax import nnx
+          >>> from flax_local import nnx as local_nnx
+          >>> layer = local_nnx.LocallyConnected1D(
+          ...     2, 4, 3, input_shape=(8,), kernel_constraint="non_neg", rngs=nnx.Rngs(0))
+          >>> layer.apply_constraints()
+          >>> bool((layer.kernel[...] >= 0).all())
+          True
+        """
+        if self.kernel_constraint is not None:
+            self.kernel[...] = self.kernel_constraint(self.kernel[...])
+        if self.bias_constraint is not None and self.bias is not None:
+            self.bias[...] = self.bias_constraint(self.bias[...], axis=())
+
+
+class LocallyConnected1D(LocallyConnected):
+    """A 1D locally-connected layer on ``flax.nnx`` (Keras's ``LocallyConnected1D``).
+
+    Inputs ``(*batch, steps, C)`` (or ``(*batch, C, steps)``) with ``steps ==
+    input_shape[0]`` and ``C == in_features``; kernel ``(out_steps, k, C,
+    filters)``; bias ``(out_steps, filters)``. Arguments as ``LocallyConnected``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from flax_local import nnx as local_nnx
+      >>> layer = local_nnx.LocallyConnected1D(32, 64, 3, input_shape=(10,), rngs=nnx.Rngs(0))
+      >>> layer.kernel.shape, layer.bias.shape
+      ((8, 3, 32, 64), (8, 64))
+      >>> layer(jnp.ones((2, 10, 32))).shape
+      (2, 8, 64)
+    """
+
+    spatial_rank: ClassVar[int | None] = 1
+
+
+class LocallyConnected2D(LocallyConnected):
+    """A 2D locally-connected layer on ``flax.nnx`` (Keras's ``LocallyConnected2D``).
+
+    Inputs ``(*batch, H, W, C)`` (or ``(*batch, C, H, W)``) with ``(H, W) ==
+    input_shape`` and ``C == in_features``; kernel ``(oH, oW, kH, kW, C,
+    filters)``; bias ``(oH, oW, filters)``. Arguments as ``LocallyConnected``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from flax_local import nnx as local_nnx
+      >>> layer = local_nnx.LocallyConnected2D(3, 64, 3, input_shape=(32, 32), rngs=nnx.Rngs(0))
+      >>> layer.kernel.shape, layer.bias.shape
+      ((30, 30, 3, 3, 3, 64), (30, 30, 64))
+      >>> layer(jnp.ones((1, 32, 32, 3))).shape
+      (1, 30, 30, 64)
+    """
+
+    spatial_rank: ClassVar[int | None] = 2
+
+
+class LocallyConnected3D(LocallyConnected):
+    """A 3D locally-connected layer on ``flax.nnx`` (volumes: medical images, climate grids).
+
+    Inputs ``(*batch, D, H, W, C)`` (or ``(*batch, C, D, H, W)``) with ``(D, H,
+    W) == input_shape`` and ``C == in_features``; kernel ``(oD, oH, oW, kD, kH,
+    kW, C, filters)``; bias ``(oD, oH, oW, filters)``. Arguments as
+    ``LocallyConnected``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from flax_local import nnx as local_nnx
+      >>> layer = local_nnx.LocallyConnected3D(
+      ...     2, 4, 2, input_shape=(6, 6, 6), strides=2, rngs=nnx.Rngs(0))
+      >>> layer(jnp.ones((1, 6, 6, 6, 2))).shape
+      (1, 3, 3, 3, 4)
+    """
+
+    spatial_rank: ClassVar[int | None] = 3
+
+
+def _layers(model: nnx.Module) -> list[LocallyConnected]:
+    """Every flax_local NNX layer in ``model`` (``model`` itself included), once each."""
+    return [node for _, node in nnx.iter_graph(model) if isinstance(node, LocallyConnected)]
+
+
+def regularization_loss(model: nnx.Module) -> jax.Array:
+    """Sums ``regularization_loss()`` over every flax_local NNX layer in ``model``.
+
+    The NNX counterpart of ``flax_local.regularization_loss``: kernel and bias
+    penalties of the current parameters plus each layer's activity penalty from
+    its last call. Call it inside the loss function, after the forward pass.
+
+    Args:
+      model: any ``nnx.Module`` (or a layer itself).
+
+    Returns:
+      A float32 scalar (0 when there are no penalties). Jit-able and
+      differentiable.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from flax_local import nnx as local_nnx
+      >>> class Model(nnx.Module):
+      ...     def __init__(self, rngs):
+      ...         self.local = local_nnx.LocallyConnected1D(
+      ...             2, 4, 3, input_shape=(8,), activity_regularizer="l1", rngs=rngs)
+      ...         self.head = nnx.Linear(24, 1, rngs=rngs)
+      ...     def __call__(self, x):
+      ...         return self.head(self.local(x).reshape(x.shape[0], -1))
+      >>> model = Model(nnx.Rngs(0))
+      >>> y = model(jnp.ones((5, 8, 2)))
+      >>> bool(local_nnx.regularization_loss(model) > 0)
+      True
+    """
+    total = jnp.zeros((), jnp.float32)
+    for layer in _layers(model):
+        total = total + layer.regularization_loss()
+    return total
+
+
+def apply_constraints(model: nnx.Module) -> None:
+    """Projects, in place, every constrained parameter of every flax_local NNX layer.
+
+    The NNX counterpart of ``flax_local.constraints.enforce_constraints``: call
+    it right after ``optimizer.update(model, grads)`` (inside the same
+    ``nnx.jit`` step if you like).
+
+    Args:
+      model: any ``nnx.Module`` (or a layer itself).
+
+    Example:
+      >>> from flax import nnx
+      >>> from flax_local import nnx as local_nnx
+      >>> layer = local_nnx.LocallyConnected1D(
+      ...     2, 4, 3, input_shape=(8,), kernel_constraint="unit_norm", rngs=nnx.Rngs(0))
+      >>> local_nnx.apply_constraints(layer)
+      >>> norms = (layer.kernel[...] ** 2).sum(axis=(1, 2)) ** 0.5
+      >>> bool(abs(norms - 1).max() < 1e-5)
+      True
+    """
+    for layer in _layers(model):
+        layer.apply_constraints()

@@ -9,7 +9,8 @@ rank ``n``. For a bias ``(*output_spatial, filters)`` they act on each element
 Keras's ``axis`` argument means different things in its three kernel layouts
 (impl 1 ``(P, K*C, F)``, impl 2 a dense ``(in..., C, out..., F)`` matrix,
 impl 3 a flat vector); flax_local's single layout makes the per-unit norm well
-defined, and it equals Keras's default ``axis=0`` on impl 1.
+defined. It equals Keras's ``axis=1`` on impl 1 (Keras's default ``axis=0``
+there takes the norm across output positions).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _connections(geometry: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def _finish(y: jax.Array, bias: jax.Array | None, geometry: Geometry, filters: int) -> jax.Array:
     y = y.reshape(y.shape[0], *geometry.output_spatial, filters)
-    return y if bias is None else y + bias
+    return y if bias is None else y + bias[None]
 
 
 def apply_dense(
@@ -79,7 +79,7 @@ def apply_dense(
     # (connections, C, F), exactly what taps[positions, offsets] is.
     matrix = matrix.at[inputs, :, positions, :].set(taps[positions, offsets])
     y = jnp.matmul(
-        x.reshape(batch, -1), matrix.reshape(-1, geometry.num_positions * filters), precision=precision
+        x.reshape(batch, math.prod(x.shape[1:])), matrix.reshape(-1, geometry.num_positions * filters), precision=precision
     )
     return _finish(y, bias, geometry, filters)
 
@@ -110,6 +110,6 @@ def apply_sparse(
         unique_indices=True,
     )
     y = sparse.bcoo_dot_general(
-        x.reshape(batch, -1), matrix, dimension_numbers=(((1,), (0,)), ((), ())), precision=precision
+        x.reshape(batch, math.prod(x.shape[1:])), matrix, dimension_numbers=(((1,), (0,)), ((), ())), precision=precision
     )
     return _finish(y, bias, geometry, filters)

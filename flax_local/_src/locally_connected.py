@@ -11,7 +11,7 @@ from jax import lax
 from flax_local._src import arguments
 from flax_local._src import geometry as geometry_lib
 from flax_local._src.auto import choose_implementation
-from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse
+from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse, dense_matrix_bytes
 from flax_local._src.patches import apply_patches
 
 
@@ -95,6 +95,8 @@ def locally_connected(
     )
     data_format = arguments.check_data_format(data_format)
     implementation = arguments.check_implementation(implementation)
+    if max_matrix_bytes is not None:
+        arguments.check_positive(max_matrix_bytes, "max_matrix_bytes")
     if x.ndim < rank + 1:
         raise ValueError(
             f"x must have rank >= {rank + 1} (optional batch dimensions, {rank} spatial "
@@ -132,12 +134,16 @@ def locally_connected(
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     bias = None if bias is None else bias.astype(dtype)
 
+    limit = DEFAULT_MAX_MATRIX_BYTES if max_matrix_bytes is None else max_matrix_bytes
     if implementation == "auto":
         implementation = choose_implementation(geometry, channels, filters, dtype)
+        if implementation == "dense" and dense_matrix_bytes(
+            geometry, channels, filters, jnp.dtype(dtype).itemsize
+        ) > limit:
+            implementation = "patches"  # never pick what the caller's own limit rejects
     x = x.reshape(math.prod(batch_shape), *x.shape[len(batch_shape) :])
     if channels_first:
         x = jnp.moveaxis(x, 1, -1)
-    limit = DEFAULT_MAX_MATRIX_BYTES if max_matrix_bytes is None else max_matrix_bytes
     if implementation == "patches":
         y = apply_patches(x, kernel, bias, geometry, precision)
     elif implementation == "dense":

@@ -34,6 +34,17 @@ class RegularizationLoss(nnx.Variable):
     It is not an ``nnx.Param``, so ``nnx.Optimizer(model, tx, wrt=nnx.Param)``
     and ``nnx.grad`` leave it alone; filter on it to read the penalties, e.g.
     ``nnx.state(model, RegularizationLoss)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from flax_local.nnx import LocallyConnected1D, RegularizationLoss
+      >>> layer = LocallyConnected1D(2, 3, 3, input_shape=(6,), activity_regularizer="l1",
+      ...                            rngs=nnx.Rngs(0))
+      >>> _ = layer(jnp.ones((1, 6, 2)))
+      >>> [type(v).__name__ for v in jax.tree_util.tree_leaves(
+      ...     nnx.state(layer, RegularizationLoss), is_leaf=lambda v: isinstance(v, nnx.Variable))]
+      ['RegularizationLoss']
     """
 
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from tests.reference import reference_locally_connected
 
 import flax_local
 from flax_local._src.activations import ACTIVATIONS
+from tests.reference import reference_locally_connected
 
 _LAYERS = {
     1: flax_local.LocallyConnected1D,

@@ -79,7 +79,9 @@ def apply_dense(
     # (connections, C, F), exactly what taps[positions, offsets] is.
     matrix = matrix.at[inputs, :, positions, :].set(taps[positions, offsets])
     y = jnp.matmul(
-        x.reshape(batch, math.prod(x.shape[1:])), matrix.reshape(-1, geometry.num_positions * filters), precision=precision
+        x.reshape(batch, math.prod(x.shape[1:])),
+        matrix.reshape(-1, geometry.num_positions * filters),
+        precision=precision,
     )
     return _finish(y, bias, geometry, filters)
 
@@ -110,6 +112,9 @@ def apply_sparse(
         unique_indices=True,
     )
     y = sparse.bcoo_dot_general(
-        x.reshape(batch, math.prod(x.shape[1:])), matrix, dimension_numbers=(((1,), (0,)), ((), ())), precision=precision
+        x.reshape(batch, math.prod(x.shape[1:])),
+        matrix,
+        dimension_numbers=(((1,), (0,)), ((), ())),
+        precision=precision,
     )
     return _finish(y, bias, geometry, filters)

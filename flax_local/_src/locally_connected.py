@@ -137,9 +137,10 @@ def locally_connected(
     limit = DEFAULT_MAX_MATRIX_BYTES if max_matrix_bytes is None else max_matrix_bytes
     if implementation == "auto":
         implementation = choose_implementation(geometry, channels, filters, dtype)
-        if implementation == "dense" and dense_matrix_bytes(
-            geometry, channels, filters, jnp.dtype(dtype).itemsize
-        ) > limit:
+        if (
+            implementation == "dense"
+            and dense_matrix_bytes(geometry, channels, filters, jnp.dtype(dtype).itemsize) > limit
+        ):
             implementation = "patches"  # never pick what the caller's own limit rejects
     x = x.reshape(math.prod(batch_shape), *x.shape[len(batch_shape) :])
     if channels_first:

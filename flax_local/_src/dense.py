@@ -53,8 +53,24 @@ def _connections(geometry: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return index[positions, offsets], positions, offsets
 
 
-def _finish(y: jax.Array, bias: jax.Array | None, geometry: Geometry, filters: int) -> jax.Array:
-    y = y.reshape(y.shape[0], *geometry.output_spatial, filters)
+def _connected_weights(
+    implementation: str, kernel: jax.Array, geometry: Geometry, channels: int, needed: int, limit: int
+) -> tuple[np.ndarray, np.ndarray, jax.Array]:
+    """Checks the size, then returns (input index, position, weights (n, C, F)) per connection."""
+    _check_size(implementation, needed, limit)
+    inputs, positions, offsets = _connections(geometry)
+    filters = kernel.shape[-1]
+    taps = kernel.reshape(geometry.num_positions, geometry.window_volume, channels, filters)
+    return inputs, positions, taps[positions, offsets]
+
+
+def _matmul_and_finish(
+    x: jax.Array, product, bias: jax.Array | None, geometry: Geometry, filters: int
+) -> jax.Array:
+    """``product`` of flat ``(batch, input_size * C)`` x, reshaped and biased."""
+    batch = x.shape[0]
+    y = product(x.reshape(batch, math.prod(x.shape[1:])))
+    y = y.reshape(batch, *geometry.output_spatial, filters)
     return y if bias is None else y + bias[None]
 
 
@@ -67,23 +83,21 @@ def apply_dense(
     max_matrix_bytes: int,
 ) -> jax.Array:
     """Applies the layer to ``(batch, *spatial, C)`` with one dense matmul."""
-    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
+    channels, filters = x.shape[-1], kernel.shape[-1]
     needed = dense_matrix_bytes(geometry, channels, filters, jnp.dtype(kernel.dtype).itemsize)
-    _check_size("dense", needed, max_matrix_bytes)
-    inputs, positions, offsets = _connections(geometry)
-    taps = kernel.reshape(geometry.num_positions, geometry.window_volume, channels, filters)
+    inputs, positions, weights = _connected_weights(
+        "dense", kernel, geometry, channels, needed, max_matrix_bytes
+    )
     matrix = jnp.zeros(
         (math.prod(geometry.input_spatial), channels, geometry.num_positions, filters), kernel.dtype
     )
     # Two index arrays around a slice: the indexed axes lead, so the update is
-    # (connections, C, F), exactly what taps[positions, offsets] is.
-    matrix = matrix.at[inputs, :, positions, :].set(taps[positions, offsets])
-    y = jnp.matmul(
-        x.reshape(batch, math.prod(x.shape[1:])),
-        matrix.reshape(-1, geometry.num_positions * filters),
-        precision=precision,
+    # (connections, C, F), exactly the shape of weights.
+    matrix = matrix.at[inputs, :, positions, :].set(weights)
+    matrix = matrix.reshape(-1, geometry.num_positions * filters)
+    return _matmul_and_finish(
+        x, lambda flat: jnp.matmul(flat, matrix, precision=precision), bias, geometry, filters
     )
-    return _finish(y, bias, geometry, filters)
 
 
 def apply_sparse(
@@ -95,26 +109,27 @@ def apply_sparse(
     max_matrix_bytes: int,
 ) -> jax.Array:
     """Applies the layer to ``(batch, *spatial, C)`` with one sparse matmul."""
-    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
+    channels, filters = x.shape[-1], kernel.shape[-1]
     needed = sparse_matrix_bytes(geometry, channels, filters, jnp.dtype(kernel.dtype).itemsize)
-    _check_size("sparse", needed, max_matrix_bytes)
-    inputs, positions, offsets = _connections(geometry)
-    taps = kernel.reshape(geometry.num_positions, geometry.window_volume, channels, filters)
-    values = taps[positions, offsets].reshape(-1)  # (connections * C * F,)
+    inputs, positions, weights = _connected_weights(
+        "sparse", kernel, geometry, channels, needed, max_matrix_bytes
+    )
     c, f = np.meshgrid(np.arange(channels), np.arange(filters), indexing="ij")
     rows = (inputs[:, None, None] * channels + c[None]).reshape(-1)
     cols = (positions[:, None, None] * filters + f[None]).reshape(-1)
-    indices = np.stack([rows, cols], axis=-1).astype(np.int32)
     matrix = sparse.BCOO(
-        (values, jnp.asarray(indices)),
+        (weights.reshape(-1), jnp.asarray(np.stack([rows, cols], axis=-1).astype(np.int32))),
         shape=(math.prod(geometry.input_spatial) * channels, geometry.num_positions * filters),
         indices_sorted=False,
         unique_indices=True,
     )
-    y = sparse.bcoo_dot_general(
-        x.reshape(batch, math.prod(x.shape[1:])),
-        matrix,
-        dimension_numbers=(((1,), (0,)), ((), ())),
-        precision=precision,
+    dimension_numbers = (((1,), (0,)), ((), ()))
+    return _matmul_and_finish(
+        x,
+        lambda flat: sparse.bcoo_dot_general(
+            flat, matrix, dimension_numbers=dimension_numbers, precision=precision
+        ),
+        bias,
+        geometry,
+        filters,
     )
-    return _finish(y, bias, geometry, filters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from jax import lax
 
 from flax_local._src import arguments
 from flax_local._src import geometry as geometry_lib
+from flax_local._src import sharding as sharding_lib
 from flax_local._src.activations import Activation, get_activation
 from flax_local._src.constraints import Constraint, get_constraint
 from flax_local._src.initializers import Initializer, get_initializer, per_position
@@ -64,6 +66,13 @@ class LocallyConnected(nn.Module):
       precision: numerical precision of the matrix products.
       max_matrix_bytes: limit for the matrix ``"dense"``/``"sparse"`` build
         (default 1 GiB).
+      logical_partitioning: if True, box ``kernel`` and ``bias`` in
+        ``nn.Partitioned`` metadata naming their axes (``local_pos_<d>``,
+        ``local_window_<d>``, ``local_in``, ``local_filters``; see
+        ``flax_local.sharding``) so flax logical-axis rules can shard them.
+        ``init`` then returns boxes: read shapes through ``nn.unbox``. An
+        ``"auto"`` implementation then means ``"patches"``, the one XLA
+        partitions by output position.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -95,6 +104,7 @@ class LocallyConnected(nn.Module):
     param_dtype: Any = jnp.float32
     precision: lax.PrecisionLike = None
     max_matrix_bytes: int | None = None
+    logical_partitioning: bool = False
 
     spatial_rank: ClassVar[int | None] = None
 
@@ -130,6 +140,8 @@ class LocallyConnected(nn.Module):
         )
         data_format = arguments.check_data_format(self.data_format)
         implementation = arguments.check_implementation(self.implementation)
+        if implementation == "auto" and self.logical_partitioning:
+            implementation = "patches"  # partitions by position; "dense" builds its matrix whole
         activation = get_activation(self.activation)
         kernel_init = get_initializer(self.kernel_initializer, "kernel_initializer")
         bias_init = get_initializer(self.bias_initializer, "bias_initializer")
@@ -159,32 +171,32 @@ class LocallyConnected(nn.Module):
         geometry = geometry_lib.make_geometry(spatial, kernel_size, strides, padding, dilation)
         out = geometry.output_spatial
 
-        kernel = self.param(
-            "kernel",
-            per_position(kernel_init, rank),
-            (*out, *kernel_size, channels, filters),
-            self.param_dtype,
-        )
+        kernel_init, bias_init = per_position(kernel_init, rank), per_position(bias_init, rank)
+        if self.logical_partitioning:
+            kernel_init = nn.with_logical_partitioning(kernel_init, sharding_lib.kernel_axis_names(rank))
+            bias_init = nn.with_logical_partitioning(bias_init, sharding_lib.bias_axis_names(rank))
         expected = (*out, *kernel_size, channels, filters)
-        if kernel.shape != expected:
-            made_for = geometry_lib.smallest_input_for(
-                kernel.shape[:rank], kernel_size, strides, padding, dilation
-            )
-            raise ValueError(
-                f"{name} got inputs of spatial shape {spatial} with {channels} channels, which "
-                f"needs a kernel of shape {expected}, but its kernel has shape {kernel.shape} "
-                f"(made for inputs of spatial shape {made_for} with {kernel.shape[-2]} channels). "
-                "A locally-connected layer only accepts the input size it was initialized with."
-            )
+        if self.has_variable("params", "kernel"):
+            # Checked before self.param, which would raise flax's generic shape error.
+            found = tuple(jnp.shape(nn.unbox(self.get_variable("params", "kernel"))))
+            if found != expected:
+                made_for = geometry_lib.smallest_input_for(
+                    found[:rank], kernel_size, strides, padding, dilation
+                )
+                raise ValueError(
+                    f"{name} got inputs of spatial shape {spatial} with {channels} channels, which "
+                    f"needs a kernel of shape {expected}, but its kernel has shape {found} "
+                    f"(made for inputs of spatial shape {made_for} with {found[-2]} channels). "
+                    "A locally-connected layer only accepts the input size it was initialized with."
+                )
+        kernel = self.param("kernel", kernel_init, expected, self.param_dtype)
         bias = None
         if self.use_bias:
-            bias = self.param("bias", per_position(bias_init, rank), (*out, filters), self.param_dtype)
+            bias = self.param("bias", bias_init, (*out, filters), self.param_dtype)
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
 
-        y = locally_connected(
-            inputs,
-            kernel,
-            bias,
+        compute = functools.partial(
+            locally_connected,
             strides=strides,
             padding=padding,
             dilation_rate=dilation,
@@ -192,6 +204,9 @@ class LocallyConnected(nn.Module):
             implementation=implementation,
             precision=self.precision,
             max_matrix_bytes=self.max_matrix_bytes,
+        )
+        y = sharding_lib.call_on_any_mesh(
+            compute, inputs, kernel, bias, rank=rank, channels_first=data_format == "channels_first"
         )
         if activation is not None:
             y = activation(y)

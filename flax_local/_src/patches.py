@@ -1,25 +1,111 @@
 """The ``"patches"`` implementation: gather windows, one contraction per position.
 
-Windows are gathered with ``kernel_volume`` strided slices of the padded input,
-which is exact in every dtype and cheap to differentiate (the transpose of a
-slice is a pad). ``jax.lax.conv_general_dilated_patches`` would instead build
-them with a one-hot convolution whose cost grows with ``(kernel_volume *
-channels) ** 2`` and which rounds float32 on matrix units at default precision.
+Forward: the padded input is viewed as rows ``(input_positions, batch, C)``
+and one ``gather`` copies the ``window_volume`` rows each output position
+reads into patches ``(positions, batch, window * C)``. The copy is exact in
+every dtype, and XLA emits it as a single loop. (``k ** d`` strided slices
+stacked together compute the same array but become ``k ** d`` loops and a
+concatenation, twice the memory traffic; ``conv_general_dilated_patches``
+builds them with a one-hot convolution whose cost grows with ``(window *
+C) ** 2`` and which rounds float32 on matrix units at default precision.)
+Then one ``dot_general`` batched over positions contracts the patches with the
+kernel viewed as ``(positions, window * C, filters)``, a free reshape of its
+``(*out, *kernel_size, C, filters)`` layout; the bias add is fused into the
+loop that moves the batch axis back in front.
 
-The patches are laid out ``(positions, batch, window * channels)`` so that the
-contraction is one ``dot_general`` batched over positions, the layout XLA runs
-as a batched matmul without copying the kernel.
+Derivatives come from a ``custom_jvp`` whose tangent is written so that
+reverse mode, which transposes it, gets the backward pass we want (a
+``custom_vjp`` would do the same for reverse mode but forbid ``jax.jvp`` and
+forward-over-reverse). With ``g`` the output cotangent per position:
+
+* ``d_kernel = patches_t @ g``, where ``patches_t`` are the patches regathered
+  (rematerialised, not kept from the forward pass) as ``(positions, window *
+  C, batch)`` and ``g`` is ``(positions, batch, filters)``: both operands
+  row-major with the contraction where XLA:CPU's matmul library wants it, and
+  the result lands directly in the kernel's layout;
+* ``d_patches_t = kernel @ g'`` with ``g'`` as ``(positions, filters,
+  batch)``, the kernel read in place; ``d_x`` is its fold, the transpose of
+  the tangent's strided slices (interior pads summed), one fused loop instead
+  of the scatter-add that transposing the gather would give;
+* ``d_bias = g.sum(batch)`` over the middle axis of ``(positions, batch,
+  filters)``, where XLA reduces it in one fast pass.
+
+No step copies or transposes the kernel. On CPU, half-precision layers run in
+float32 (XLA:CPU would convert to float32 anyway, and lose these layouts).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from flax_local._src.geometry import Geometry
+
+
+def _padded_spatial(geometry: Geometry) -> tuple[int, ...]:
+    return tuple(s + lo + hi for s, (lo, hi) in zip(geometry.input_spatial, geometry.padding))
+
+
+@functools.lru_cache(maxsize=256)
+def _window_rows(geometry: Geometry) -> np.ndarray:
+    """Row of the flattened padded input read by each (position, window offset).
+
+    Returns:
+      int32 array of shape ``(num_positions, window_volume)``; offsets in
+      row-major order of ``kernel_size``.
+    """
+    padded = _padded_spatial(geometry)
+    out = np.indices(geometry.output_spatial).reshape(geometry.rank, -1)
+    taps = np.indices(geometry.kernel_size).reshape(geometry.rank, -1)
+    rows = np.zeros((geometry.num_positions, geometry.window_volume), np.int64)
+    for d in range(geometry.rank):
+        coord = out[d][:, None] * geometry.strides[d] + taps[d][None, :] * geometry.dilation[d]
+        rows = rows * padded[d] + coord
+    return rows.astype(np.int32)
+
+
+def _padded_rows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.Array:
+    """``(batch, *spatial, C)`` -> padded ``(rows, batch, C)`` or ``(rows, C, batch)``."""
+    rank = geometry.rank
+    spatial_axes = tuple(range(1, rank + 1))
+    perm = (*spatial_axes, rank + 1, 0) if batch_minor else (*spatial_axes, 0, rank + 1)
+    x = jnp.transpose(x, perm)
+    pad_config = [(lo, hi, 0) for lo, hi in geometry.padding] + [(0, 0, 0)] * 2
+    x = lax.pad(x, jnp.zeros((), x.dtype), pad_config)
+    return x.reshape(math.prod(_padded_spatial(geometry)), *x.shape[rank:])
+
+
+def _gather_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.Array:
+    """One gather of every window: ``(P, B, K * C)``, or ``(P, K * C, B)`` if batch_minor."""
+    rows = _padded_rows(x, geometry, batch_minor)
+    a, b = rows.shape[1:]
+    index = jnp.asarray(_window_rows(geometry))[..., None]
+    # Output (P, a, K, b) for batch-major rows (a, b) = (B, C): the window axis
+    # between batch and channels. For batch-minor rows (a, b) = (C, B) it is
+    # (P, K, C, B): offsets before channels, batch last.
+    offset_dims = (2, 3) if batch_minor else (1, 3)
+    dimension_numbers = lax.GatherDimensionNumbers(
+        offset_dims=offset_dims, collapsed_slice_dims=(0,), start_index_map=(0,)
+    )
+    patches = lax.gather(
+        rows,
+        index,
+        dimension_numbers,
+        slice_sizes=(1, a, b),
+        indices_are_sorted=True,
+        unique_indices=False,
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+    if batch_minor:
+        return patches.reshape(geometry.num_positions, geometry.window_volume * a, b)
+    return patches.reshape(geometry.num_positions, a, geometry.window_volume * b)
 
 
 def extract_patches(x: jax.Array, geometry: Geometry) -> jax.Array:
@@ -35,19 +121,94 @@ def extract_patches(x: jax.Array, geometry: Geometry) -> jax.Array:
       ``kernel_size``, and channels fastest: the order of a
       ``(*kernel_size, channels)`` kernel flattened row-major.
     """
+    return _gather_windows(x, geometry, batch_minor=False)
+
+
+def _forward(x, kernel, bias, geometry, precision):
+    batch, filters = x.shape[0], kernel.shape[-1]
+    patches = extract_patches(x, geometry)
+    weights = kernel.reshape(geometry.num_positions, -1, filters)
+    y = lax.dot_general(
+        patches, weights, (((2,), (1,)), ((0,), (0,))), precision=precision
+    )  # (positions, batch, filters)
+    if bias is not None:
+        y = y + bias.reshape(geometry.num_positions, 1, filters)
+    y = y.reshape(*geometry.output_spatial, batch, filters)
+    return jnp.moveaxis(y, geometry.rank, 0)
+
+
+def _slice_windows_t(x: jax.Array, geometry: Geometry) -> jax.Array:
+    """``_gather_windows(x, geometry, batch_minor=True)`` built from strided slices.
+
+    Used only for tangents: reverse mode never runs it but transposes it, and
+    the transpose of a strided slice is an interior pad, so the transpose is
+    the fold (one fused loop) instead of a scatter-add.
+    """
     rank = geometry.rank
-    batch, channels = x.shape[0], x.shape[-1]
-    # (batch, *spatial, C) -> (*spatial, batch, C): positions lead from here on.
-    x = jnp.moveaxis(x, 0, rank)
-    pad_config = [(low, high, 0) for low, high in geometry.padding] + [(0, 0, 0)] * 2
-    x = lax.pad(x, jnp.zeros((), x.dtype), pad_config)
+    x = jnp.transpose(x, (*range(1, rank + 1), rank + 1, 0))  # (*spatial, C, B)
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(lo, hi, 0) for lo, hi in geometry.padding] + [(0, 0, 0)] * 2)
     taps = []
     for offset in itertools.product(*(range(k) for k in geometry.kernel_size)):
         start = [j * d for j, d in zip(offset, geometry.dilation)]
         limit = [s + (o - 1) * st + 1 for s, o, st in zip(start, geometry.output_spatial, geometry.strides)]
-        taps.append(lax.slice(x, start + [0, 0], limit + [batch, channels], list(geometry.strides) + [1, 1]))
-    patches = jnp.stack(taps, axis=-2)  # (*out, batch, window, C)
-    return patches.reshape(geometry.num_positions, batch, geometry.window_volume * channels)
+        taps.append(
+            lax.slice(x, start + [0, 0], limit + list(x.shape[rank:]), list(geometry.strides) + [1, 1])
+        )
+    # (*out, K, C, B) -> (P, K * C, B)
+    return jnp.stack(taps, axis=rank).reshape(geometry.num_positions, -1, x.shape[-1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _locally_connected(x, kernel, bias, geometry, precision):
+    return _forward(x, kernel, bias, geometry, precision)
+
+
+def _locally_connected_jvp(geometry, precision, primals, tangents):
+    x, kernel, bias = primals
+    x_dot, kernel_dot, bias_dot = tangents
+    y = _locally_connected(x, kernel, bias, geometry, precision)
+    batch, filters = x.shape[0], kernel.shape[-1]
+    positions, rank = geometry.num_positions, geometry.rank
+    y_dot = None
+
+    def add(total, term):
+        return term if total is None else total + term
+
+    if not isinstance(x_dot, SymbolicZero):
+        # (P, K*C, F) x (P, K*C, B) -> (P, F, B). Reverse mode transposes this
+        # into kernel @ g per position, with g as (P, F, B).
+        weights = kernel.reshape(positions, -1, filters)
+        patches_dot = _slice_windows_t(x_dot, geometry)
+        term = lax.dot_general(weights, patches_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)
+        term = term.reshape(*geometry.output_spatial, filters, batch)
+        y_dot = jnp.transpose(term, (rank + 1, *range(rank), rank))
+    # The kernel and bias terms are summed as (P, B, F) before moving the batch
+    # axis to the front, so that reverse mode reduces the bias gradient over
+    # the middle axis of g as (P, B, F) (fast) instead of over its leading axis.
+    per_position = None
+    if not isinstance(kernel_dot, SymbolicZero):
+
+        def kernel_term(x, kernel_dot):
+            # (P, K*C, B) x (P, K*C, F) -> (P, B, F); transposed: patches_t @ g.
+            patches_t = _gather_windows(x, geometry, batch_minor=True)
+            weights_dot = kernel_dot.reshape(positions, -1, filters)
+            return lax.dot_general(patches_t, weights_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)
+
+        # Rematerialised: the backward pass regathers the patches from x
+        # instead of keeping them alive from the forward pass.
+        per_position = add(per_position, jax.checkpoint(kernel_term, prevent_cse=False)(x, kernel_dot))
+    if bias is not None and not isinstance(bias_dot, SymbolicZero):
+        term = jnp.broadcast_to(bias_dot.reshape(positions, 1, filters), (positions, batch, filters))
+        per_position = add(per_position, term)
+    if per_position is not None:
+        per_position = per_position.reshape(*geometry.output_spatial, batch, filters)
+        y_dot = add(y_dot, jnp.moveaxis(per_position, rank, 0))
+    if y_dot is None:
+        y_dot = jnp.zeros_like(y)
+    return y, y_dot
+
+
+_locally_connected.defjvp(_locally_connected_jvp, symbolic_zeros=True)
 
 
 def apply_patches(
@@ -59,16 +220,33 @@ def apply_patches(
 ) -> jax.Array:
     """Applies the layer to channels-last ``x`` of shape ``(batch, *spatial, C)``.
 
+    Args:
+      x: the input, ``(batch, *input_spatial, C)``.
+      kernel: ``(*output_spatial, *kernel_size, C, filters)``, same dtype as x.
+      bias: ``(*output_spatial, filters)`` or None, same dtype as x.
+      geometry: the layer's geometry for this input size.
+      precision: passed to the matrix products.
+
     Returns:
       Array of shape ``(batch, *output_spatial, filters)``.
     """
-    batch, filters = x.shape[0], kernel.shape[-1]
-    patches = extract_patches(x, geometry)
-    weights = kernel.reshape(geometry.num_positions, -1, filters)
-    y = lax.dot_general(
-        patches, weights, (((2,), (1,)), ((0,), (0,))), precision=precision
-    )  # (positions, batch, filters)
-    if bias is not None:
-        y = y + bias.reshape(geometry.num_positions, 1, filters)
-    y = y.reshape(*geometry.output_spatial, batch, filters)
-    return jnp.moveaxis(y, geometry.rank, 0)
+    dtype = x.dtype
+    if _compute_in_float32(dtype):
+        # XLA:CPU has no half-precision matmul: it would convert the operands
+        # itself, and lose the operand layouts chosen here on the way.
+        x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
+        bias = None if bias is None else bias.astype(jnp.float32)
+    y = _locally_connected(x, kernel, bias, geometry, _hashable(precision))
+    return y.astype(dtype)
+
+
+def _compute_in_float32(dtype) -> bool:
+    """Whether to run a half-precision layer in float32 (on CPU, where matmuls are float32)."""
+    dtype = jnp.dtype(dtype)
+    return jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4 and jax.default_backend() == "cpu"
+
+
+def _hashable(precision: lax.PrecisionLike):
+    if isinstance(precision, list):
+        return tuple(precision)
+    return precision

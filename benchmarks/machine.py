@@ -1,0 +1,138 @@
+"""What the machine can do: its description and its measured ceilings."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.cases import Case
+
+
+def describe() -> dict:
+    """Machine, software and load facts for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = None
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    import flax
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": None if memory is None else round(memory / 2**30, 1),
+        "load_average": load_average(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "numpy": np.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the OS reports them."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _best_ms(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def measure_ceilings(quick: bool = False) -> dict:
+    """Measures peak matmul throughput and memory bandwidth (best of several runs).
+
+    * ``matmul_gflops[dtype]``: an ``n x n`` by ``n x n`` matmul, ``2 n^3``
+      flops, for float32 and bfloat16.
+    * ``copy_gbps``: ``y = 2 * x`` on a 16 MiB float32 array, bytes read plus
+      written. The array is below glibc's 32 MiB mmap threshold, so it measures
+      the memory system, not page faults.
+    * ``copy_fresh_gbps``: the same on 128 MiB, whose buffers are freshly
+      mapped on every call (what a large step's temporaries cost).
+
+    Args:
+      quick: smaller sizes and fewer repeats (a smoke test, not a measurement).
+
+    Returns:
+      The ceilings as a dict.
+    """
+    n = 256 if quick else 1024
+    repeats = 3 if quick else 20
+    key = jax.random.key(0)
+    gflops = {}
+    for dtype in ("float32", "bfloat16"):
+        a = jax.random.normal(key, (n, n), dtype)
+        ms = _best_ms(jax.jit(jnp.matmul), a, a, repeats=repeats)
+        gflops[dtype] = round(2 * n**3 / ms / 1e6, 1)
+    double = jax.jit(lambda x: x * 2)
+    out = {"matmul_gflops": gflops, "matmul_size": n}
+    for label, mib in (("copy_gbps", 16), ("copy_fresh_gbps", 128)):
+        if quick:
+            mib //= 8
+        x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+        ms = _best_ms(double, x, repeats=repeats)
+        out[label] = round(2 * x.size * 4 / ms / 1e6, 1)
+        del x
+    return out
+
+
+def case_costs(case: Case) -> dict:
+    """The minimum work of a case: flops, and bytes that must cross memory.
+
+    Forward: ``2 * batch * positions * window * C * F`` flops (plus the bias
+    adds); bytes: read input, kernel and bias, write the output. Training step
+    (value and gradient w.r.t. parameters and input): three times the matmul
+    flops (forward, input gradient, kernel gradient); bytes: the forward's,
+    then read the input, kernel and output cotangent again and write the three
+    gradients. Intermediates (patches) are not counted: a fused kernel would
+    not need them.
+
+    Returns:
+      ``{"forward": {"flops", "bytes"}, "train": {...}}``.
+    """
+    item = case.itemsize
+    macs = case.batch * case.positions * case.window * case.channels * case.filters
+    x = case.batch * int(np.prod(case.spatial)) * case.channels
+    kernel = int(np.prod(case.kernel_shape))
+    bias = int(np.prod(case.bias_shape))
+    y = case.batch * case.positions * case.filters
+    forward = {"flops": 2 * macs + y, "bytes": (x + kernel + bias + y) * item}
+    train = {
+        "flops": 6 * macs + 2 * y,
+        "bytes": (2 * x + 2 * kernel + bias + 2 * y + x + kernel + bias) * item,
+    }
+    return {"forward": forward, "train": train}
+
+
+def floor_ms(cost: dict, ceilings: dict, dtype: str) -> float:
+    """Roofline floor: the larger of compute time and memory time, in ms."""
+    compute = cost["flops"] / (ceilings["matmul_gflops"][dtype] * 1e9)
+    memory = cost["bytes"] / (ceilings["copy_gbps"] * 1e9)
+    return max(compute, memory) * 1e3

@@ -1,0 +1,117 @@
+"""Timing, compile time and memory of one jitted function."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import threading
+import time
+
+import jax
+
+
+def rss_bytes() -> int | None:
+    """The process's resident set size, from /proc (None where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class RssSampler:
+    """Samples the RSS in a background thread; ``peak`` is the largest seen."""
+
+    def __init__(self, interval_s: float = 0.001):
+        self.interval_s = interval_s
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            value = rss_bytes()
+            if value is not None and (self.peak is None or value > self.peak):
+                self.peak = value
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class TooSlow(Exception):
+    """The first call took longer than the limit: not worth ``repeats`` more."""
+
+
+def xla_memory(compiled) -> dict:
+    """XLA's memory analysis of a compiled executable, in bytes."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        stats = None
+    if stats is None:
+        return {"xla_peak_bytes": None, "xla_temp_bytes": None}
+    peak = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+    return {"xla_peak_bytes": int(peak), "xla_temp_bytes": int(stats.temp_size_in_bytes)}
+
+
+def measure(fn, args: tuple, *, repeats: int, warmup: int = 2, slow_limit_s: float | None = None) -> dict:
+    """Compiles ``fn`` for ``args``, then times it.
+
+    Args:
+      fn: a function of ``*args`` returning arrays (not yet jitted).
+      args: its arguments (device arrays).
+      repeats: timed calls; the median is the headline number.
+      warmup: untimed calls after compilation.
+      slow_limit_s: raise ``TooSlow`` when the first call takes longer.
+
+    Returns:
+      ``median_ms``, ``min_ms``, ``times_ms``, ``compile_ms`` (lower + compile),
+      ``xla_peak_bytes`` (arguments + outputs + temporaries - aliased),
+      ``xla_temp_bytes``, ``rss_peak_delta_bytes`` (largest RSS seen while
+      running, minus the RSS before compiling) and ``outputs`` (of the last
+      call).
+
+    Raises:
+      TooSlow: see ``slow_limit_s``.
+    """
+    gc.collect()
+    rss_before = rss_bytes()
+    with RssSampler() as sampler:
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        compile_ms = (time.perf_counter() - start) * 1e3
+        for i in range(max(warmup, 1)):
+            start = time.perf_counter()
+            outputs = jax.block_until_ready(compiled(*args))
+            if i == 0 and slow_limit_s is not None and time.perf_counter() - start > slow_limit_s:
+                raise TooSlow(f"first call took {time.perf_counter() - start:.1f} s > {slow_limit_s} s")
+            del outputs
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            outputs = jax.block_until_ready(compiled(*args))
+            times.append((time.perf_counter() - start) * 1e3)
+            if len(times) < repeats:
+                del outputs
+    rss_delta = None if rss_before is None or sampler.peak is None else sampler.peak - rss_before
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "times_ms": [round(t, 4) for t in times],
+        "compile_ms": compile_ms,
+        **xla_memory(compiled),
+        "rss_peak_delta_bytes": rss_delta,
+        "outputs": outputs,
+    }

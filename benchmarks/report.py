@@ -1,0 +1,283 @@
+"""Tables (plain text and Markdown) and the target check, from a run's JSON."""
+
+from __future__ import annotations
+
+import math
+
+MIB = 2**20
+DEFAULT = "flax_local:auto"
+BASELINE = "ConvLocal"
+EXPLICIT = ("flax_local:patches", "flax_local:dense", "flax_local:sparse")
+
+
+def _row(case: dict, impl: str, mode: str) -> dict | None:
+    for row in case["results"]:
+        if row["impl"] == impl and row.get("mode") == mode and "median_ms" in row:
+            return row
+    return None
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 10 else f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:.0f}" if value >= 10 * MIB else f"{value / MIB:.1f}"
+
+
+def speedup(case: dict, impl: str, mode: str) -> float | None:
+    """ConvLocal's median over ``impl``'s (> 1: ``impl`` is faster)."""
+    ours, base = _row(case, impl, mode), _row(case, BASELINE, mode)
+    if ours is None or base is None:
+        return None
+    return base["median_ms"] / ours["median_ms"]
+
+
+def floor_ratio(case: dict, impl: str, mode: str) -> float | None:
+    """``impl``'s median over the roofline floor (1 = at the floor)."""
+    row = _row(case, impl, mode)
+    return None if row is None else row["median_ms"] / case["floor_ms"][mode]
+
+
+def auto_check(case: dict, mode: str) -> dict:
+    """Whether ``auto``'s pick is within 10% of the fastest explicit implementation."""
+    timed = {impl: _row(case, impl, mode) for impl in EXPLICIT}
+    timed = {impl: row["median_ms"] for impl, row in timed.items() if row is not None}
+    picked = "flax_local:" + case["auto_choice"]
+    if not timed or picked not in timed:
+        return {"picked": case["auto_choice"], "fastest": None, "ratio": None, "ok": None}
+    fastest = min(timed, key=timed.get)
+    ratio = timed[picked] / timed[fastest]
+    return {
+        "picked": case["auto_choice"],
+        "fastest": fastest.split(":")[1],
+        "ratio": ratio,
+        "ok": ratio <= 1.10,
+    }
+
+
+def targets(run: dict) -> dict:
+    """The issue's targets, evaluated on the default implementation ("auto")."""
+    cases = run["cases"]
+    train = {c["name"]: speedup(c, DEFAULT, "train") for c in cases}
+    forward = {c["name"]: speedup(c, DEFAULT, "forward") for c in cases}
+    floors = {c["name"]: floor_ratio(c, DEFAULT, "train") for c in cases if len(c["case"]["spatial"]) == 2}
+    compile_ok, memory_ok = {}, {}
+    for c in cases:
+        ours, base = _row(c, DEFAULT, "train"), _row(c, BASELINE, "train")
+        if ours and base:
+            compile_ok[c["name"]] = ours["compile_ms"] <= base["compile_ms"]
+            if ours.get("xla_peak_bytes") is not None and base.get("xla_peak_bytes") is not None:
+                memory_ok[c["name"]] = ours["xla_peak_bytes"] <= base["xla_peak_bytes"]
+    autos = {c["name"]: auto_check(c, "train")["ok"] for c in cases}
+    values = [v for v in train.values() if v]
+    geomean = math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+    return {
+        "train_speedup": train,
+        "train_min_speedup": min(values) if values else None,
+        "train_geomean_speedup": geomean,
+        "forward_speedup": forward,
+        "train_floor_ratio_2d": floors,
+        "compile_no_worse": compile_ok,
+        "xla_peak_no_worse": memory_ok,
+        "auto_within_10pct": autos,
+    }
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else "met" if ok else "MISSED"
+
+
+def markdown(run: dict) -> str:
+    """The full report as Markdown (what ``--markdown`` writes)."""
+    m, ceil = run["machine"], run["ceilings"]
+    lines = [
+        "# flax_local benchmark results",
+        "",
+        "Regenerate with `python -m benchmarks.run --markdown benchmarks/RESULTS.md "
+        "--json benchmarks/results.json` (add `--tf-python PATH` for a Python with "
+        "`tensorflow` and `tf_keras`).",
+        "",
+        f"- Date: {m['date']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; backend {m['backend']}",
+        f"- Load average (1/5/15 min) at start: {m['load_average']}; at end: {run.get('load_average_end')}",
+        f"- Software: Python {m['python']}, jax {m['jax']}, flax {m['flax']}, numpy {m['numpy']}"
+        + (
+            f", tf_keras via `{run['tf']['python']}` ({run['tf'].get('version')})"
+            if run["tf"].get("available")
+            else ""
+        ),
+        f"- Ceilings (measured): matmul {ceil['matmul_gflops']['float32']} GFLOP/s float32, "
+        f"{ceil['matmul_gflops']['bfloat16']} GFLOP/s bfloat16 ({ceil['matmul_size']}^3); copy "
+        f"{ceil['copy_gbps']} GB/s (16 MiB), {ceil['copy_fresh_gbps']} GB/s (128 MiB, freshly mapped)",
+        f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {run['config']['repeats']} "
+        "timed calls. Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
+        "Compile = lower + compile. XLA peak = arguments + outputs + temporaries (XLA memory analysis); "
+        "RSS = largest resident-set growth seen while compiling and running.",
+        "- Roofline floor = max(flops / matmul ceiling, minimum bytes / copy ceiling); see `benchmarks/machine.py`.",
+        "",
+    ]
+    if m["load_average"] and m["cores"] and m["load_average"][0] > 0.5 * m["cores"]:
+        lines += [
+            f"**Note: the machine was shared and loaded (load average {m['load_average'][0]} on "
+            f"{m['cores']} cores at the start): absolute times are inflated and noisy; ratios "
+            "between rows of one case were measured interleaved in time and are more reliable.**",
+            "",
+        ]
+    lines += _targets_markdown(run)
+    lines += ["", "## Per case: default implementation and the auto check", ""]
+    lines += [
+        "| case | shapes | floor fwd / train ms | auto picks | fastest (train) | auto / fastest (train) | "
+        "auto within 10% | default fwd speed-up | default train speed-up | default train x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in run["cases"]:
+        check = auto_check(c, "train")
+        lines.append(
+            f"| {c['name']} | {c['case']['summary']} | {_ms(c['floor_ms']['forward'])} / "
+            f"{_ms(c['floor_ms']['train'])} | {check['picked']} | {check['fastest'] or '-'} | "
+            f"{_ratio(check['ratio'])} | {_verdict(check['ok'])} | "
+            f"{_ratio(speedup(c, DEFAULT, 'forward'))} | {_ratio(speedup(c, DEFAULT, 'train'))} | "
+            f"{_ratio(floor_ratio(c, DEFAULT, 'train'))} |"
+        )
+    lines += ["", "## All rows", ""]
+    lines += [
+        "| case | implementation | fwd ms | train ms | speed-up vs ConvLocal fwd / train | train x floor | "
+        "compile ms fwd / train | XLA peak MiB train | RSS growth MiB train | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in run["cases"]:
+        for impl in _impls(c):
+            lines.append(_markdown_row(c, impl))
+    if run.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in run["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _impls(case: dict) -> list[str]:
+    seen = []
+    for row in case["results"]:
+        if row["impl"] not in seen:
+            seen.append(row["impl"])
+    return seen
+
+
+def _note(case: dict, impl: str) -> str:
+    notes = []
+    for row in case["results"]:
+        if row["impl"] == impl:
+            for key in ("skipped", "note", "agreement"):
+                if row.get(key) and row[key] not in notes:
+                    notes.append(row[key] if key != "skipped" else f"skipped: {row[key]}")
+    return "; ".join(notes)
+
+
+def _markdown_row(case: dict, impl: str) -> str:
+    fwd, train = _row(case, impl, "forward"), _row(case, impl, "train")
+    return (
+        f"| {case['name']} | {impl} | {_ms(fwd and fwd['median_ms'])} | {_ms(train and train['median_ms'])} | "
+        f"{_ratio(speedup(case, impl, 'forward'))} / {_ratio(speedup(case, impl, 'train'))} | "
+        f"{_ratio(floor_ratio(case, impl, 'train'))} | {_ms(fwd and fwd['compile_ms'])} / "
+        f"{_ms(train and train['compile_ms'])} | {_mib(train and train.get('xla_peak_bytes'))} | "
+        f"{_mib(train and train.get('rss_peak_delta_bytes'))} | {_note(case, impl)} |"
+    )
+
+
+def _targets_markdown(run: dict) -> list[str]:
+    t = targets(run)
+    train = [v for v in t["train_speedup"].values() if v is not None]
+    forward = [v for v in t["forward_speedup"].values() if v is not None]
+    floors = [v for v in t["train_floor_ratio_2d"].values() if v is not None]
+
+    def worst(d: dict, fn=min) -> str:
+        items = {k: v for k, v in d.items() if v is not None}
+        if not items:
+            return "-"
+        k = fn(items, key=items.get)
+        return f"{k} {_ratio(items[k])}"
+
+    def failing(d: dict) -> str:
+        bad = [k for k, v in d.items() if v is False]
+        return "all cases" if not bad else "not on: " + ", ".join(bad)
+
+    rows = [
+        (
+            "training step >= 3x faster than ConvLocal on every case",
+            bool(train) and min(train) >= 3,
+            f"worst {worst(t['train_speedup'])}",
+        ),
+        (
+            "training step geometric-mean speed-up >= 5x",
+            t["train_geomean_speedup"] is not None and t["train_geomean_speedup"] >= 5,
+            _ratio(t["train_geomean_speedup"]),
+        ),
+        (
+            "forward >= 3x faster than ConvLocal on every case",
+            bool(forward) and min(forward) >= 3,
+            f"worst {worst(t['forward_speedup'])}",
+        ),
+        (
+            "training step within 3x of the roofline floor on 2D cases",
+            bool(floors) and max(floors) <= 3,
+            f"worst {worst(t['train_floor_ratio_2d'], max)}",
+        ),
+        (
+            "compile time no worse than ConvLocal's (train)",
+            all(t["compile_no_worse"].values()),
+            failing(t["compile_no_worse"]),
+        ),
+        (
+            "XLA peak memory no worse than ConvLocal's (train)",
+            all(t["xla_peak_no_worse"].values()),
+            failing(t["xla_peak_no_worse"]),
+        ),
+        (
+            "auto within 10% of the fastest implementation (train)",
+            all(v is not False for v in t["auto_within_10pct"].values()),
+            failing(t["auto_within_10pct"]),
+        ),
+    ]
+    lines = [
+        "## Targets (default implementation, `auto`)",
+        "",
+        "| target | result | detail |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {_verdict(ok)} | {detail} |" for name, ok, detail in rows]
+    return lines
+
+
+def text(run: dict) -> str:
+    """A compact plain-text table for the terminal."""
+    out = []
+    header = (
+        f"{'case':<10} {'implementation':<20} {'fwd ms':>8} {'train ms':>9} {'vsCL fwd':>8} {'vsCL trn':>8} "
+        f"{'x floor':>8} {'compile':>8} {'XLA MiB':>8}  note"
+    )
+    for c in run["cases"]:
+        check = auto_check(c, "train")
+        out.append("")
+        out.append(
+            f"{c['name']}: {c['case']['summary']} | floor fwd {_ms(c['floor_ms']['forward'])} ms, train "
+            f"{_ms(c['floor_ms']['train'])} ms | auto -> {check['picked']}, fastest {check['fastest']}, "
+            f"ratio {_ratio(check['ratio'])} ({_verdict(check['ok'])})"
+        )
+        out.append(header)
+        for impl in _impls(c):
+            fwd, train = _row(c, impl, "forward"), _row(c, impl, "train")
+            out.append(
+                f"{c['name']:<10} {impl:<20} {_ms(fwd and fwd['median_ms']):>8} "
+                f"{_ms(train and train['median_ms']):>9} {_ratio(speedup(c, impl, 'forward')):>8} "
+                f"{_ratio(speedup(c, impl, 'train')):>8} {_ratio(floor_ratio(c, impl, 'train')):>8} "
+                f"{_ms(train and train['compile_ms']):>8} {_mib(train and train.get('xla_peak_bytes')):>8}  "
+                f"{_note(c, impl)}"
+            )
+    out.append("")
+    out.extend(line for line in _targets_markdown(run) if line.startswith("| ") and "---" not in line)
+    return "\n".join(out)

@@ -1,0 +1,288 @@
+"""Benchmarks flax_local against ``flax.linen.ConvLocal`` and tf_keras.
+
+Usage::
+
+    python -m benchmarks.run                       # full run, table to stdout
+    python -m benchmarks.run --json out.json --markdown benchmarks/RESULTS.md
+    python -m benchmarks.run --quick --json /tmp/smoke.json   # CI smoke test, < 1 min
+    python -m benchmarks.run --cases keras_doc big56 --tf-python /path/to/python
+
+For every case, each flax_local implementation ("patches", "dense" and
+"sparse" where their matrix fits under ``--max-matrix-mib``, and "auto"),
+ConvLocal with the same weights, and tf_keras implementations 1/2/3 (in a
+subprocess, when a Python with tf_keras is available) are compiled and timed:
+forward and training step, median of ``--repeats`` calls after warm-up, with
+compile time and peak memory. The machine's matmul and copy ceilings are
+measured first and give each case a roofline floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import cases as cases_lib
+from benchmarks import jax_impls, machine, measure, report
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tf_keras_worker.py")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny cases, CI smoke test (< 1 min)")
+    parser.add_argument("--cases", nargs="+", help="case names (default: all of the run's kind)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
+    parser.add_argument(
+        "--max-matrix-mib",
+        type=float,
+        default=512,
+        help='skip "dense"/"sparse" (and tf_keras 2/3) when their matrix exceeds this (default 512)',
+    )
+    parser.add_argument(
+        "--slow-limit-s",
+        type=float,
+        default=10.0,
+        help="skip a measurement whose first call takes longer than this (default 10 s)",
+    )
+    parser.add_argument(
+        "--tf-python",
+        default=os.environ.get("FLAX_LOCAL_TF_PYTHON", sys.executable),
+        help="Python with tensorflow and tf_keras for the tf_keras rows (default: this one, "
+        "or $FLAX_LOCAL_TF_PYTHON)",
+    )
+    parser.add_argument("--no-tf", action="store_true", help="skip tf_keras")
+    parser.add_argument(
+        "--tf-timeout-s",
+        type=float,
+        default=300,
+        help="give up on a case's tf_keras rows after this long (default 300 s)",
+    )
+    parser.add_argument("--implementations", nargs="+", default=list(jax_impls.FLAX_LOCAL_IMPLEMENTATIONS))
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 10
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    return args
+
+
+def tf_available(python: str) -> dict:
+    """Whether ``python`` can import tf_keras, and its version."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import tf_keras, tensorflow as tf; print(tf.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"available": False, "python": python, "reason": f"{type(e).__name__}: {e}"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return {"available": False, "python": python, "reason": f"tf_keras not importable ({last})"}
+    return {"available": True, "python": python, "version": done.stdout.strip().splitlines()[-1]}
+
+
+def run_tf(case: cases_lib.Case, args: argparse.Namespace) -> list[dict]:
+    """tf_keras rows for ``case``, timed in a subprocess."""
+    spec = {
+        "case": case.to_json(),
+        "repeats": args.repeats,
+        "max_matrix_bytes": int(args.max_matrix_mib * 2**20),
+        "slow_limit_s": args.slow_limit_s,
+    }
+    timed_out = None
+    try:
+        done = subprocess.run(
+            [args.tf_python, WORKER, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=args.tf_timeout_s,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        stdout, stderr = done.stdout, done.stderr
+    except subprocess.TimeoutExpired as e:
+        stdout, stderr = e.stdout or "", ""
+        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+        timed_out = f"timed out after {args.tf_timeout_s:.0f} s (rows after this one not measured)"
+    except OSError as e:
+        return [{"impl": "tf_keras", "skipped": f"worker failed: {e}"}]
+    rows = []
+    for line in stdout.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "impl" in row:
+            rows.append(row)
+    if timed_out:
+        rows.append({"impl": "tf_keras", "skipped": timed_out})
+    elif not rows:
+        tail = stderr.strip().splitlines()[-1:]
+        rows.append({"impl": "tf_keras", "skipped": f"worker failed: {tail}"})
+    for row in rows:
+        row.setdefault("note", "timing only (own random weights)")
+    return rows
+
+
+def _agreement(case, contender, mode, outputs, reference) -> str | None:
+    """Relative error of ``outputs`` against flax_local:patches's, or None without a reference."""
+    if reference is None:
+        return None
+    if mode == "forward":
+        pairs = [("y", outputs, reference)]
+    else:
+        (loss, (grads, dx)), (ref_loss, (ref_grads, ref_dx)) = outputs, reference
+        grads = contender.to_ours(grads)
+        pairs = [
+            ("loss", loss, ref_loss),
+            ("dx", dx, ref_dx),
+            ("dkernel", grads["kernel"], ref_grads["kernel"]),
+            ("dbias", grads["bias"], ref_grads["bias"]),
+        ]
+    worst = 0.0
+    for _, a, b in pairs:
+        a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+        err = float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30))
+        worst = max(worst, err)
+    if worst > jax_impls.tolerance(case):
+        raise AssertionError(
+            f"{case.name}: {contender.name} {mode} disagrees with flax_local:patches "
+            f"(relative error {worst:.2e} > {jax_impls.tolerance(case):.0e})"
+        )
+    return None
+
+
+def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> dict:
+    """All rows of one case."""
+    x, kernel, bias = jax_impls.inputs(case)
+    limit = int(args.max_matrix_mib * 2**20)
+    contenders, rows = [], []
+    for implementation in args.implementations:
+        needed = jax_impls.matrix_bytes(case, implementation)
+        if implementation == "auto":
+            needed = jax_impls.matrix_bytes(case, jax_impls.auto_choice(case))
+        if needed > limit:
+            rows.append(
+                {
+                    "impl": f"flax_local:{implementation}",
+                    "skipped": f"matrix {needed / 2**20:.0f} MiB > limit {args.max_matrix_mib:.0f} MiB",
+                }
+            )
+            continue
+        contenders.append(jax_impls.flax_local_contender(case, implementation, kernel, bias))
+    contenders.append(jax_impls.convlocal_contender(case, kernel, bias))
+    references = {}
+    for contender in contenders:
+        for mode in ("forward", "train"):
+            fn = contender.forward if mode == "forward" else contender.train_step()
+            row = {"impl": contender.name, "mode": mode}
+            if contender.note:
+                row["note"] = contender.note
+            try:
+                result = measure.measure(
+                    fn,
+                    (contender.params, x),
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    slow_limit_s=args.slow_limit_s,
+                )
+            except measure.TooSlow as e:
+                rows.append({**row, "skipped": str(e)})
+                continue
+            outputs = result.pop("outputs")
+            if contender.name == "flax_local:patches":
+                references[mode] = outputs
+            else:
+                _agreement(case, contender, mode, outputs, references.get(mode))
+            del outputs
+            rows.append({**row, **result})
+            print(
+                f"  {case.name:<10} {contender.name:<20} {mode:<7} median {result['median_ms']:9.3f} ms  "
+                f"compile {result['compile_ms']:7.0f} ms",
+                flush=True,
+            )
+    del references
+    if not args.no_tf:
+        if tf_info.get("available"):
+            rows.extend(run_tf(case, args))
+        else:
+            rows.append({"impl": "tf_keras", "skipped": tf_info.get("reason", "not available")})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    selected = cases_lib.select(cases_lib.QUICK_CASES if args.quick else cases_lib.FULL_CASES, args.cases)
+    info = machine.describe()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_average']}, jax {info['jax']}")
+    ceilings = machine.measure_ceilings(quick=args.quick)
+    print(f"ceilings: {ceilings}", flush=True)
+    tf_info = {"available": False, "reason": "--no-tf"} if args.no_tf else tf_available(args.tf_python)
+    if not args.no_tf:
+        print(f"tf_keras: {tf_info}", flush=True)
+    run = {
+        "machine": info,
+        "ceilings": ceilings,
+        "config": {
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "max_matrix_mib": args.max_matrix_mib,
+            "slow_limit_s": args.slow_limit_s,
+        },
+        "tf": tf_info,
+        "cases": [],
+        "notes": [],
+    }
+    start = time.perf_counter()
+    for case in selected:
+        costs = machine.case_costs(case)
+        floors = {mode: machine.floor_ms(costs[mode], ceilings, case.dtype) for mode in costs}
+        print(
+            f"{case.name}: {case.summary()}  floor fwd {floors['forward']:.3g} ms train {floors['train']:.3g} ms"
+        )
+        rows = run_case(case, args, tf_info)
+        run["cases"].append(
+            {
+                "name": case.name,
+                "case": case.to_json(),
+                "costs": costs,
+                "floor_ms": floors,
+                "auto_choice": jax_impls.auto_choice(case),
+                "results": rows,
+            }
+        )
+        jax.clear_caches()
+    run["elapsed_s"] = round(time.perf_counter() - start, 1)
+    run["load_average_end"] = machine.load_average()
+    run["targets"] = report.targets(run)
+    print(report.text(run))
+    if args.json:
+        _write(args.json, json.dumps(run, indent=1, default=str))
+    if args.markdown:
+        _write(args.markdown, report.markdown(run))
+    return run
+
+
+def _write(path: str, content: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(content)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,12 @@ class Geometry:
       dilation: spacing of the window taps per spatial dimension.
       padding: resolved ``(low, high)`` padding per spatial dimension.
       output_spatial: number of output positions per spatial dimension.
+
+    Example:
+      >>> from flax_local.functional import geometry
+      >>> g = geometry((7, 7), 3, strides=2)
+      >>> g.output_spatial, g.num_positions, g.window_volume
+      ((3, 3), 9, 9)
     """
 
     input_spatial: tuple[int, ...]

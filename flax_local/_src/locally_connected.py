@@ -156,6 +156,43 @@ def locally_connected(
     return y.reshape(*batch_shape, *y.shape[1:])
 
 
+def geometry(
+    input_spatial: tuple[int, ...],
+    kernel_size: arguments.IntOrSequence,
+    *,
+    strides: arguments.IntOrSequence = 1,
+    padding: arguments.PaddingLike = "valid",
+    dilation_rate: arguments.IntOrSequence = 1,
+) -> geometry_lib.Geometry:
+    """Which input positions every output position reads, from static shapes.
+
+    Args:
+      input_spatial: the input's spatial shape (no batch, no channels).
+      kernel_size: window size, an int or one per spatial dimension.
+      strides: as in ``locally_connected``.
+      padding: as in ``locally_connected``.
+      dilation_rate: as in ``locally_connected``.
+
+    Returns:
+      A ``Geometry`` with the resolved ``(low, high)`` padding and the output
+      spatial shape, as every implementation uses it.
+
+    Raises:
+      ValueError: for a bad argument or an input too small for the window.
+
+    Example:
+      >>> from flax_local.functional import geometry
+      >>> g = geometry((10,), 3, padding="causal", dilation_rate=2)
+      >>> g.padding, g.output_spatial
+      (((4, 0),), (10,))
+    """
+    rank = len(input_spatial)
+    ks, st, pad, dil = geometry_lib.check_geometry_arguments(
+        rank, kernel_size, strides, padding, dilation_rate
+    )
+    return geometry_lib.make_geometry(tuple(input_spatial), ks, st, pad, dil)
+
+
 def output_shape(
     input_spatial: tuple[int, ...],
     kernel_size: arguments.IntOrSequence,
@@ -181,8 +218,6 @@ def output_shape(
       >>> output_shape((32, 32), 3, strides=2, padding="same")
       (16, 16)
     """
-    rank = len(input_spatial)
-    ks, st, pad, dil = geometry_lib.check_geometry_arguments(
-        rank, kernel_size, strides, padding, dilation_rate
-    )
-    return geometry_lib.make_geometry(tuple(input_spatial), ks, st, pad, dil).output_spatial
+    return geometry(
+        input_spatial, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate
+    ).output_spatial

@@ -155,9 +155,25 @@ def markdown(run: dict) -> str:
     for c in run["cases"]:
         for impl in _impls(c):
             lines.append(_markdown_row(c, impl))
-    if run.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in run["notes"]]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in [*STANDING_NOTES, *run.get("notes", [])]]
     return "\n".join(lines) + "\n"
+
+
+STANDING_NOTES = [
+    "Times are medians of wall-clock time; every timed call, the minimum and the load "
+    "average are in the JSON (`--json`).",
+    "When `auto` picks `patches`, `flax_local:patches` and `flax_local:auto` run the same "
+    "compiled program: the gap between their rows is the run-to-run noise of the machine.",
+    "Temporary buffers over 32 MiB are freshly mapped by glibc's malloc on every call, so "
+    "every implementation pays page faults on large cases (big56, large); a process can "
+    "avoid that with `MALLOC_MMAP_THRESHOLD_` (not set here).",
+    "tf_keras rows: TF in its own process, `tf.function` without XLA, timing only (its own "
+    "random weights); its compile column is the first (tracing) call. tf_keras has no 3D "
+    "layer and no dilation; implementation 1 supports only `valid` padding.",
+    "The JAX rows hold the same weights (ConvLocal's kernel rearranged to its layout); "
+    "outputs, loss and all gradients of every row were checked against `flax_local:patches` "
+    "(relative error <= 1e-4, 3e-2 for bfloat16; the run stops on a mismatch).",
+]
 
 
 def _impls(case: dict) -> list[str]:

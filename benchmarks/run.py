@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="give up on a case's tf_keras rows after this long (default 300 s)",
     )
     parser.add_argument("--implementations", nargs="+", default=list(jax_impls.FLAX_LOCAL_IMPLEMENTATIONS))
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="measure nothing: re-render the report of an earlier --json file (with --markdown)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 10
@@ -224,6 +229,14 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> d
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            run = json.load(f)
+        run["targets"] = report.targets(run)
+        print(report.text(run))
+        if args.markdown:
+            _write(args.markdown, report.markdown(run))
+        return run
     selected = cases_lib.select(cases_lib.QUICK_CASES if args.quick else cases_lib.FULL_CASES, args.cases)
     info = machine.describe()
     print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_average']}, jax {info['jax']}")

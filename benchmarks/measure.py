@@ -80,14 +80,17 @@ def measure(fn, args: tuple, *, repeats: int, warmup: int = 2, slow_limit_s: flo
       ``median_ms``, ``min_ms``, ``times_ms``, ``compile_ms`` (lower + compile),
       ``xla_peak_bytes`` (arguments + outputs + temporaries - aliased),
       ``xla_temp_bytes``, ``rss_peak_delta_bytes`` (largest RSS seen while
-      running, minus the RSS before compiling) and ``outputs`` (of the last
-      call).
+      compiling and warming up, minus the RSS before compiling) and
+      ``outputs`` (of the last call).
 
     Raises:
       TooSlow: see ``slow_limit_s``.
     """
     gc.collect()
     rss_before = rss_bytes()
+    # The RSS sampler wakes every millisecond: it watches compilation and the
+    # warm-up calls (same buffers as the timed ones), never the timed calls,
+    # where it would take CPU from XLA's threads on a small machine.
     with RssSampler() as sampler:
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
@@ -98,13 +101,13 @@ def measure(fn, args: tuple, *, repeats: int, warmup: int = 2, slow_limit_s: flo
             if i == 0 and slow_limit_s is not None and time.perf_counter() - start > slow_limit_s:
                 raise TooSlow(f"first call took {time.perf_counter() - start:.1f} s > {slow_limit_s} s")
             del outputs
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            outputs = jax.block_until_ready(compiled(*args))
-            times.append((time.perf_counter() - start) * 1e3)
-            if len(times) < repeats:
-                del outputs
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outputs = jax.block_until_ready(compiled(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+        if len(times) < repeats:
+            del outputs
     rss_delta = None if rss_before is None or sampler.peak is None else sampler.peak - rss_before
     return {
         "median_ms": statistics.median(times),

@@ -119,7 +119,7 @@ def markdown(run: dict) -> str:
         f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {run['config']['repeats']} "
         "timed calls. Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
         "Compile = lower + compile. XLA peak = arguments + outputs + temporaries (XLA memory analysis); "
-        "RSS = largest resident-set growth seen while compiling and running.",
+        "RSS = largest resident-set growth seen while compiling and warming up (not sampled during timed calls).",
         "- Roofline floor = max(flops / matmul ceiling, minimum bytes / copy ceiling); see `benchmarks/machine.py`.",
         "",
     ]

@@ -23,10 +23,12 @@ forward-over-reverse). With ``g`` the output cotangent per position:
   C, batch)`` and ``g`` is ``(positions, batch, filters)``: both operands
   row-major with the contraction where XLA:CPU's matmul library wants it, and
   the result lands directly in the kernel's layout;
-* ``d_patches_t = kernel @ g'`` with ``g'`` as ``(positions, filters,
-  batch)``, the kernel read in place; ``d_x`` is its fold, the transpose of
-  the tangent's strided slices (interior pads summed), one fused loop instead
-  of the scatter-add that transposing the gather would give;
+* ``d_patches_t = kernel @ g^T``, the kernel read in place and ``g`` in
+  the same ``(positions, batch, filters)`` layout (measured as fast as a
+  batch-minor copy of ``g`` and one output-sized buffer smaller); ``d_x`` is
+  its fold, the transpose of the tangent's strided slices (interior pads
+  summed), one fused loop instead of the scatter-add that transposing the
+  gather would give;
 * ``d_bias = g.sum(batch)`` over the middle axis of ``(positions, batch,
   filters)``, where XLA reduces it in one fast pass.
 
@@ -169,23 +171,19 @@ def _locally_connected_jvp(geometry, precision, primals, tangents):
     y = _locally_connected(x, kernel, bias, geometry, precision)
     batch, filters = x.shape[0], kernel.shape[-1]
     positions, rank = geometry.num_positions, geometry.rank
-    y_dot = None
-
-    def add(total, term):
-        return term if total is None else total + term
-
+    # Every term is built as (P, B, F) and the batch axis moved to the front
+    # once, so reverse mode transposes the output cotangent into one layout, g
+    # as (P, B, F), that all three gradients read: the bias gradient reduces
+    # its middle axis (fast) and no second, batch-minor copy of g is made.
+    per_position = []
     if not isinstance(x_dot, SymbolicZero):
-        # (P, K*C, F) x (P, K*C, B) -> (P, F, B). Reverse mode transposes this
-        # into kernel @ g per position, with g as (P, F, B).
+        # (P, K*C, F) x (P, K*C, B) -> (P, F, B), viewed as (P, B, F). Reverse
+        # mode transposes this into kernel @ g^T per position, reading the
+        # kernel in place and g as (P, B, F), and lands in (P, K*C, B).
         weights = kernel.reshape(positions, -1, filters)
         patches_dot = _slice_windows_t(x_dot, geometry)
         term = lax.dot_general(weights, patches_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)
-        term = term.reshape(*geometry.output_spatial, filters, batch)
-        y_dot = jnp.transpose(term, (rank + 1, *range(rank), rank))
-    # The kernel and bias terms are summed as (P, B, F) before moving the batch
-    # axis to the front, so that reverse mode reduces the bias gradient over
-    # the middle axis of g as (P, B, F) (fast) instead of over its leading axis.
-    per_position = None
+        per_position.append(jnp.swapaxes(term, 1, 2))
     if not isinstance(kernel_dot, SymbolicZero):
 
         def kernel_term(x, kernel_dot):
@@ -196,16 +194,15 @@ def _locally_connected_jvp(geometry, precision, primals, tangents):
 
         # Rematerialised: the backward pass regathers the patches from x
         # instead of keeping them alive from the forward pass.
-        per_position = add(per_position, jax.checkpoint(kernel_term, prevent_cse=False)(x, kernel_dot))
+        per_position.append(jax.checkpoint(kernel_term, prevent_cse=False)(x, kernel_dot))
     if bias is not None and not isinstance(bias_dot, SymbolicZero):
-        term = jnp.broadcast_to(bias_dot.reshape(positions, 1, filters), (positions, batch, filters))
-        per_position = add(per_position, term)
-    if per_position is not None:
-        per_position = per_position.reshape(*geometry.output_spatial, batch, filters)
-        y_dot = add(y_dot, jnp.moveaxis(per_position, rank, 0))
-    if y_dot is None:
-        y_dot = jnp.zeros_like(y)
-    return y, y_dot
+        per_position.append(
+            jnp.broadcast_to(bias_dot.reshape(positions, 1, filters), (positions, batch, filters))
+        )
+    if not per_position:
+        return y, jnp.zeros_like(y)
+    y_dot = functools.reduce(jnp.add, per_position).reshape(*geometry.output_spatial, batch, filters)
+    return y, jnp.moveaxis(y_dot, rank, 0)
 
 
 _locally_connected.defjvp(_locally_connected_jvp, symbolic_zeros=True)

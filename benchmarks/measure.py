@@ -66,22 +66,21 @@ def xla_memory(compiled) -> dict:
     return {"xla_peak_bytes": int(peak), "xla_temp_bytes": int(stats.temp_size_in_bytes)}
 
 
-def measure(fn, args: tuple, *, repeats: int, warmup: int = 2, slow_limit_s: float | None = None) -> dict:
-    """Compiles ``fn`` for ``args``, then times it.
+def prepare(fn, args: tuple, *, warmup: int = 2, slow_limit_s: float | None = None) -> dict:
+    """Compiles ``fn`` for ``args`` and warms it up, without timing its calls.
 
     Args:
       fn: a function of ``*args`` returning arrays (not yet jitted).
       args: its arguments (device arrays).
-      repeats: timed calls; the median is the headline number.
-      warmup: untimed calls after compilation.
+      warmup: untimed calls after compilation (at least one).
       slow_limit_s: raise ``TooSlow`` when the first call takes longer.
 
     Returns:
-      ``median_ms``, ``min_ms``, ``times_ms``, ``compile_ms`` (lower + compile),
+      ``compiled`` (the executable), ``compile_ms`` (lower + compile),
       ``xla_peak_bytes`` (arguments + outputs + temporaries - aliased),
       ``xla_temp_bytes``, ``rss_peak_delta_bytes`` (largest RSS seen while
       compiling and warming up, minus the RSS before compiling) and
-      ``outputs`` (of the last call).
+      ``outputs`` (of the last warm-up call).
 
     Raises:
       TooSlow: see ``slow_limit_s``.
@@ -100,21 +99,64 @@ def measure(fn, args: tuple, *, repeats: int, warmup: int = 2, slow_limit_s: flo
             outputs = jax.block_until_ready(compiled(*args))
             if i == 0 and slow_limit_s is not None and time.perf_counter() - start > slow_limit_s:
                 raise TooSlow(f"first call took {time.perf_counter() - start:.1f} s > {slow_limit_s} s")
-            del outputs
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outputs = jax.block_until_ready(compiled(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-        if len(times) < repeats:
-            del outputs
     rss_delta = None if rss_before is None or sampler.peak is None else sampler.peak - rss_before
     return {
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "times_ms": [round(t, 4) for t in times],
+        "compiled": compiled,
         "compile_ms": compile_ms,
         **xla_memory(compiled),
         "rss_peak_delta_bytes": rss_delta,
         "outputs": outputs,
     }
+
+
+def time_interleaved(calls: list[tuple], *, repeats: int) -> list[dict]:
+    """Times several compiled functions in turns, one call of each per round.
+
+    Every function sees the same machine conditions (other load, frequency,
+    memory state) spread over the same stretch of time, so the ratios between
+    their medians are steadier than timing one function after another. The
+    order within a round rotates, so none always runs first.
+
+    Args:
+      calls: ``(compiled, args)`` pairs.
+      repeats: rounds; each function is timed this many times.
+
+    Returns:
+      One dict per pair, in order: ``median_ms``, ``min_ms``, ``times_ms``.
+    """
+    times: list[list[float]] = [[] for _ in calls]
+    for round_index in range(repeats):
+        shift = round_index % len(calls)
+        for index in [*range(shift, len(calls)), *range(shift)]:
+            compiled, args = calls[index]
+            start = time.perf_counter()
+            outputs = jax.block_until_ready(compiled(*args))
+            times[index].append((time.perf_counter() - start) * 1e3)
+            del outputs
+    return [
+        {"median_ms": statistics.median(t), "min_ms": min(t), "times_ms": [round(v, 4) for v in t]}
+        for t in times
+    ]
+
+
+def measure(fn, args: tuple, *, repeats: int, warmup: int = 2, slow_limit_s: float | None = None) -> dict:
+    """Compiles ``fn`` for ``args``, then times it alone.
+
+    Args:
+      fn: a function of ``*args`` returning arrays (not yet jitted).
+      args: its arguments (device arrays).
+      repeats: timed calls; the median is the headline number.
+      warmup: untimed calls after compilation.
+      slow_limit_s: raise ``TooSlow`` when the first call takes longer.
+
+    Returns:
+      What ``prepare`` returns, less ``compiled``, plus ``median_ms``,
+      ``min_ms`` and ``times_ms``.
+
+    Raises:
+      TooSlow: see ``slow_limit_s``.
+    """
+    result = prepare(fn, args, warmup=warmup, slow_limit_s=slow_limit_s)
+    compiled = result.pop("compiled")
+    (timing,) = time_interleaved([(compiled, args)], repeats=repeats)
+    return {**result, **timing}

@@ -12,7 +12,8 @@ For every case, each flax_local implementation ("patches", "dense" and
 ConvLocal with the same weights, and tf_keras implementations 1/2/3 (in a
 subprocess, when a Python with tf_keras is available) are compiled and timed:
 forward and training step, median of ``--repeats`` calls after warm-up, with
-compile time and peak memory. The machine's matmul and copy ceilings are
+compile time and peak memory. The JAX rows of a case are timed in turns (one
+call of each per round), so that their ratios compare like with like. The machine's matmul and copy ceilings are
 measured first and give each case a roofline floor.
 """
 
@@ -189,19 +190,16 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> d
         contenders.append(jax_impls.flax_local_contender(case, implementation, kernel, bias))
     contenders.append(jax_impls.convlocal_contender(case, kernel, bias))
     references = {}
-    for contender in contenders:
-        for mode in ("forward", "train"):
+    for mode in ("forward", "train"):
+        prepared = []
+        for contender in contenders:
             fn = contender.forward if mode == "forward" else contender.train_step()
             row = {"impl": contender.name, "mode": mode}
             if contender.note:
                 row["note"] = contender.note
             try:
-                result = measure.measure(
-                    fn,
-                    (contender.params, x),
-                    repeats=args.repeats,
-                    warmup=args.warmup,
-                    slow_limit_s=args.slow_limit_s,
+                result = measure.prepare(
+                    fn, (contender.params, x), warmup=args.warmup, slow_limit_s=args.slow_limit_s
                 )
             except measure.TooSlow as e:
                 rows.append({**row, "skipped": str(e)})
@@ -212,12 +210,19 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> d
             else:
                 _agreement(case, contender, mode, outputs, references.get(mode))
             del outputs
-            rows.append({**row, **result})
+            prepared.append((row, result, (contender.params, x)))
+        # Timed in turns, so that every row of the case sees the same machine.
+        timings = measure.time_interleaved(
+            [(result.pop("compiled"), call_args) for _, result, call_args in prepared], repeats=args.repeats
+        )
+        for (row, result, _), timing in zip(prepared, timings):
+            rows.append({**row, **result, **timing})
             print(
-                f"  {case.name:<10} {contender.name:<20} {mode:<7} median {result['median_ms']:9.3f} ms  "
+                f"  {case.name:<10} {row['impl']:<20} {mode:<7} median {timing['median_ms']:9.3f} ms  "
                 f"compile {result['compile_ms']:7.0f} ms",
                 flush=True,
             )
+        del prepared, timings
     del references
     if not args.no_tf:
         if tf_info.get("available"):

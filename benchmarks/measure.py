@@ -77,6 +77,7 @@ def prepare(fn, args: tuple, *, warmup: int = 2, slow_limit_s: float | None = No
 
     Returns:
       ``compiled`` (the executable), ``compile_ms`` (lower + compile),
+      ``warmup_ms`` (the last warm-up call),
       ``xla_peak_bytes`` (arguments + outputs + temporaries - aliased),
       ``xla_temp_bytes``, ``rss_peak_delta_bytes`` (largest RSS seen while
       compiling and warming up, minus the RSS before compiling) and
@@ -97,12 +98,14 @@ def prepare(fn, args: tuple, *, warmup: int = 2, slow_limit_s: float | None = No
         for i in range(max(warmup, 1)):
             start = time.perf_counter()
             outputs = jax.block_until_ready(compiled(*args))
-            if i == 0 and slow_limit_s is not None and time.perf_counter() - start > slow_limit_s:
-                raise TooSlow(f"first call took {time.perf_counter() - start:.1f} s > {slow_limit_s} s")
+            warmup_ms = (time.perf_counter() - start) * 1e3
+            if i == 0 and slow_limit_s is not None and warmup_ms > slow_limit_s * 1e3:
+                raise TooSlow(f"first call took {warmup_ms / 1e3:.1f} s > {slow_limit_s} s")
     rss_delta = None if rss_before is None or sampler.peak is None else sampler.peak - rss_before
     return {
         "compiled": compiled,
         "compile_ms": compile_ms,
+        "warmup_ms": warmup_ms,
         **xla_memory(compiled),
         "rss_peak_delta_bytes": rss_delta,
         "outputs": outputs,

@@ -117,7 +117,7 @@ def markdown(run: dict) -> str:
         f"{ceil['matmul_gflops']['bfloat16']} GFLOP/s bfloat16 ({ceil['matmul_size']}^3); copy "
         f"{ceil['copy_gbps']} GB/s (16 MiB), {ceil['copy_fresh_gbps']} GB/s (128 MiB, freshly mapped)",
         f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {run['config']['repeats']} "
-        "timed calls; the JAX rows of a case are timed in turns, one call of each per round. Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
+        "timed calls; `patches`, `auto` and ConvLocal (and other JAX rows within 5x of `patches`) are timed in turns, one call of each per round. Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
         "Compile = lower + compile. XLA peak = arguments + outputs + temporaries (XLA memory analysis); "
         "RSS = largest resident-set growth seen while compiling and warming up (not sampled during timed calls).",
         "- Roofline floor = max(flops / matmul ceiling, minimum bytes / copy ceiling); see `benchmarks/machine.py`.",

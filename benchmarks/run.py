@@ -12,8 +12,9 @@ For every case, each flax_local implementation ("patches", "dense" and
 ConvLocal with the same weights, and tf_keras implementations 1/2/3 (in a
 subprocess, when a Python with tf_keras is available) are compiled and timed:
 forward and training step, median of ``--repeats`` calls after warm-up, with
-compile time and peak memory. The JAX rows of a case are timed in turns (one
-call of each per round), so that their ratios compare like with like. The machine's matmul and copy ceilings are
+compile time and peak memory. "patches", "auto" and ConvLocal (and any other
+JAX row within 5x of "patches") are timed in turns, one call of each per
+round, so that their ratios compare like with like. The machine's matmul and copy ceilings are
 measured first and give each case a roofline floor.
 """
 
@@ -170,6 +171,40 @@ def _agreement(case, contender, mode, outputs, reference) -> str | None:
     return None
 
 
+TURN_ROWS = ("flax_local:patches", "flax_local:auto", "ConvLocal")
+TURN_SLOWDOWN = 5.0
+
+
+def _timed_in_turns(name: str, warmup_ms: float, reference_ms: float | None) -> bool:
+    """Whether a row is timed in turns with the others of its case.
+
+    "patches", "auto" and ConvLocal (the rows the targets compare) always are;
+    another row joins them only when its last warm-up call was within
+    ``TURN_SLOWDOWN`` of "patches'": a row tens of times slower (the dense and
+    sparse matrices on most cases) would otherwise flood the memory system
+    between their calls and measure the machine instead of them.
+    """
+    if name in TURN_ROWS or reference_ms is None:
+        return True
+    return warmup_ms <= TURN_SLOWDOWN * reference_ms
+
+
+def _record(rows: list, case: cases_lib.Case, mode: str, calls: list, repeats: int) -> None:
+    """Times ``(row, prepared, args)`` calls in turns and appends their rows."""
+    if not calls:
+        return
+    timings = measure.time_interleaved(
+        [(result.pop("compiled"), args) for _, result, args in calls], repeats=repeats
+    )
+    for (row, result, _), timing in zip(calls, timings):
+        rows.append({**row, **result, **timing, "timed_in_turns": len(calls) > 1})
+        print(
+            f"  {case.name:<10} {row['impl']:<20} {mode:<7} median {timing['median_ms']:9.3f} ms  "
+            f"compile {result['compile_ms']:7.0f} ms",
+            flush=True,
+        )
+
+
 def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> dict:
     """All rows of one case."""
     x, kernel, bias = jax_impls.inputs(case)
@@ -191,7 +226,7 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> d
     contenders.append(jax_impls.convlocal_contender(case, kernel, bias))
     references = {}
     for mode in ("forward", "train"):
-        prepared = []
+        in_turns, reference_ms = [], None
         for contender in contenders:
             fn = contender.forward if mode == "forward" else contender.train_step()
             row = {"impl": contender.name, "mode": mode}
@@ -207,22 +242,20 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> d
             outputs = result.pop("outputs")
             if contender.name == "flax_local:patches":
                 references[mode] = outputs
+                reference_ms = result["warmup_ms"]
             else:
                 _agreement(case, contender, mode, outputs, references.get(mode))
             del outputs
-            prepared.append((row, result, (contender.params, x)))
+            call = (row, result, (contender.params, x))
+            if _timed_in_turns(contender.name, result["warmup_ms"], reference_ms):
+                in_turns.append(call)
+            else:
+                # Far slower than "patches": timed alone, at once, so that its
+                # buffers and executable are gone before the rows timed in turns.
+                _record(rows, case, mode, [call], args.repeats)
         # Timed in turns, so that every row of the case sees the same machine.
-        timings = measure.time_interleaved(
-            [(result.pop("compiled"), call_args) for _, result, call_args in prepared], repeats=args.repeats
-        )
-        for (row, result, _), timing in zip(prepared, timings):
-            rows.append({**row, **result, **timing})
-            print(
-                f"  {case.name:<10} {row['impl']:<20} {mode:<7} median {timing['median_ms']:9.3f} ms  "
-                f"compile {result['compile_ms']:7.0f} ms",
-                flush=True,
-            )
-        del prepared, timings
+        _record(rows, case, mode, in_turns, args.repeats)
+        del in_turns
     del references
     if not args.no_tf:
         if tf_info.get("available"):

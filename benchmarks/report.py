@@ -76,6 +76,7 @@ def targets(run: dict) -> dict:
             if ours.get("xla_peak_bytes") is not None and base.get("xla_peak_bytes") is not None:
                 memory_ok[c["name"]] = ours["xla_peak_bytes"] <= base["xla_peak_bytes"]
     autos = {c["name"]: auto_check(c, "train")["ok"] for c in cases}
+    beats_tf = {mode: _beats_tf_keras(cases, mode) for mode in ("train", "forward")}
     values = [v for v in train.values() if v]
     geomean = math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
     return {
@@ -87,7 +88,29 @@ def targets(run: dict) -> dict:
         "compile_no_worse": compile_ok,
         "xla_peak_no_worse": memory_ok,
         "auto_within_10pct": autos,
+        "faster_than_tf_keras_train": beats_tf["train"],
+        "faster_than_tf_keras_forward": beats_tf["forward"],
     }
+
+
+def _beats_tf_keras(cases: list[dict], mode: str) -> dict:
+    """Per case with a timed tf_keras row: whether "auto" is faster than every one."""
+    result = {}
+    for c in cases:
+        ours = _row(c, DEFAULT, mode)
+        theirs = [
+            row["median_ms"]
+            for row in c["results"]
+            if row["impl"].startswith("tf_keras") and row.get("mode") == mode and "median_ms" in row
+        ]
+        if ours and theirs:
+            result[c["name"]] = ours["median_ms"] < min(theirs)
+    return result
+
+
+def _all_met(d: dict) -> bool | None:
+    """True when every case met it, None when no case could be checked."""
+    return None if not d else all(d.values())
 
 
 def _verdict(ok: bool | None) -> str:
@@ -252,6 +275,16 @@ def _targets_markdown(run: dict) -> list[str]:
             "XLA peak memory no worse than ConvLocal's (train)",
             all(t["xla_peak_no_worse"].values()),
             failing(t["xla_peak_no_worse"]),
+        ),
+        (
+            "faster than every tf_keras implementation (train)",
+            _all_met(t.get("faster_than_tf_keras_train", {})),
+            failing(t.get("faster_than_tf_keras_train", {})) + " (of the cases with a timed tf_keras row)",
+        ),
+        (
+            "faster than every tf_keras implementation (forward)",
+            _all_met(t.get("faster_than_tf_keras_forward", {})),
+            failing(t.get("faster_than_tf_keras_forward", {})) + " (of the cases with a timed tf_keras row)",
         ),
         (
             "auto within 10% of the fastest implementation (train)",

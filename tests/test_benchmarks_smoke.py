@@ -49,3 +49,55 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
             assert row["compile_ms"] > 0
     assert "targets" in run and "train_speedup" in run["targets"]
     assert out_md.read_text().startswith("# flax_local benchmark results")
+    for impl in ("flax_local:patches", "flax_local:auto", "ConvLocal"):
+        rows = [r for r in case["results"] if r["impl"] == impl and "median_ms" in r]
+        assert all(r["timed_in_turns"] for r in rows), rows
+
+
+def test_time_interleaved_times_each_call_in_rotating_turns():
+    from benchmarks import measure
+
+    order = []
+
+    def recorder(name):
+        def call(value):
+            order.append(name)
+            return value
+
+        return call
+
+    timings = measure.time_interleaved(
+        [(recorder("a"), (1,)), (recorder("b"), (2,)), (recorder("c"), (3,))], repeats=4
+    )
+    assert [len(t["times_ms"]) for t in timings] == [4, 4, 4]
+    assert all(t["min_ms"] <= t["median_ms"] for t in timings)
+    # One call of each per round; the first of each round rotates.
+    assert order == list("abcbcacababc")
+
+
+def test_rows_timed_in_turns():
+    from benchmarks.run import _timed_in_turns
+
+    assert _timed_in_turns("ConvLocal", warmup_ms=1000.0, reference_ms=1.0)
+    assert _timed_in_turns("flax_local:auto", warmup_ms=1000.0, reference_ms=1.0)
+    assert _timed_in_turns("flax_local:dense", warmup_ms=4.0, reference_ms=1.0)
+    assert not _timed_in_turns("flax_local:sparse", warmup_ms=6.0, reference_ms=1.0)
+
+
+def test_tf_keras_target_compares_against_every_tf_row():
+    from benchmarks.report import _beats_tf_keras
+
+    def case(name, ours_ms, tf_ms):
+        rows = [
+            {"impl": "flax_local:auto", "mode": "train", "median_ms": ours_ms, "compile_ms": 1.0},
+            {"impl": "ConvLocal", "mode": "train", "median_ms": 10.0, "compile_ms": 1.0},
+        ]
+        rows += [
+            {"impl": f"tf_keras:impl{i}", "mode": "train", "median_ms": t} for i, t in enumerate(tf_ms, 1)
+        ]
+        rows.append({"impl": "tf_keras:impl3", "skipped": "too big"})
+        return {"name": name, "results": rows}
+
+    cases = [case("fast", 1.0, [5.0, 2.0]), case("slow", 3.0, [5.0, 2.0]), case("no_tf", 1.0, [])]
+    assert _beats_tf_keras(cases, "train") == {"fast": True, "slow": False}
+    assert _beats_tf_keras(cases, "forward") == {}

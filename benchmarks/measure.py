@@ -1,4 +1,4 @@
-"""Timing, compile time and memory of one jitted function."""
+"""Compile time, memory and timing of jitted functions, timed in turns."""
 
 from __future__ import annotations
 
@@ -140,26 +140,3 @@ def time_interleaved(calls: list[tuple], *, repeats: int) -> list[dict]:
         {"median_ms": statistics.median(t), "min_ms": min(t), "times_ms": [round(v, 4) for v in t]}
         for t in times
     ]
-
-
-def measure(fn, args: tuple, *, repeats: int, warmup: int = 2, slow_limit_s: float | None = None) -> dict:
-    """Compiles ``fn`` for ``args``, then times it alone.
-
-    Args:
-      fn: a function of ``*args`` returning arrays (not yet jitted).
-      args: its arguments (device arrays).
-      repeats: timed calls; the median is the headline number.
-      warmup: untimed calls after compilation.
-      slow_limit_s: raise ``TooSlow`` when the first call takes longer.
-
-    Returns:
-      What ``prepare`` returns, less ``compiled``, plus ``median_ms``,
-      ``min_ms`` and ``times_ms``.
-
-    Raises:
-      TooSlow: see ``slow_limit_s``.
-    """
-    result = prepare(fn, args, warmup=warmup, slow_limit_s=slow_limit_s)
-    compiled = result.pop("compiled")
-    (timing,) = time_interleaved([(compiled, args)], repeats=repeats)
-    return {**result, **timing}

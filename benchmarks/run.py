@@ -14,8 +14,8 @@ subprocess, when a Python with tf_keras is available) are compiled and timed:
 forward and training step, median of ``--repeats`` calls after warm-up, with
 compile time and peak memory. "patches", "auto" and ConvLocal (and any other
 JAX row within 5x of "patches") are timed in turns, one call of each per
-round, so that their ratios compare like with like. The machine's matmul and copy ceilings are
-measured first and give each case a roofline floor.
+round, so that their ratios compare like with like. The machine's matmul and
+copy ceilings are measured first and give each case a roofline floor.
 """
 
 from __future__ import annotations

@@ -178,9 +178,11 @@ def _locally_connected_jvp(geometry, precision, primals, tangents):
     # its middle axis (fast) and no second, batch-minor copy of g is made.
     per_position = []
     if not isinstance(x_dot, SymbolicZero):
-        # (P, K*C, F) x (P, K*C, B) -> (P, F, B), viewed as (P, B, F). Reverse
+        # (P, K*C, F) x (P, K*C, B) -> (P, F, B), swapped to (P, B, F). Reverse
         # mode transposes this into kernel @ g^T per position, reading the
-        # kernel in place and g as (P, B, F), and lands in (P, K*C, B).
+        # kernel in place and g as (P, B, F), and lands in (P, K*C, B); the
+        # swap becomes the dot's operand order there, not a copy of g (checked
+        # in the compiled training step). Forward mode pays one (P, B, F) swap.
         weights = kernel.reshape(positions, -1, filters)
         patches_dot = _slice_windows_t(x_dot, geometry)
         term = lax.dot_general(weights, patches_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)

@@ -644,6 +644,43 @@ def test_empty_batch(implementation):
     assert y.shape == (0, 5, 2)
 
 
+@pytest.mark.parametrize("implementation", ["patches", "sparse"])
+def test_non_finite_input_reaches_only_the_windows_that_read_it(implementation):
+    """Padding is zero whatever the input holds next to it.
+
+    ``"patches"`` reads a clamped input row for taps in the padding and then
+    zeroes them; with dilation that row can lie outside the window, so a NaN
+    there must not leak into windows that do not read it (as multiplying by a
+    0/1 mask would let it). ``"dense"`` multiplies every input by its
+    matrix's zeros and spreads it everywhere (documented).
+    """
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
+    bad = {0: (0, 0), 1: (6, 3)}  # example -> non-finite pixel (a corner, an edge)
+    x[0, 0, 0, :] = np.nan
+    x[1, 6, 3, 1] = np.inf
+    kernel = rng.standard_normal((7, 7, 3, 3, 3, 4)).astype(np.float32)
+
+    def layer(x, kernel):
+        return locally_connected(x, kernel, padding="same", dilation_rate=2, implementation=implementation)
+
+    def reads(pixel):
+        # k3, dilation 2, same: window (i, j) reads rows i-2, i, i+2 and the same columns.
+        taps = np.arange(-2, 3, 2)
+        out = np.zeros((7, 7), bool)
+        for i, j in np.ndindex(7, 7):
+            out[i, j] = pixel[0] - i in taps and pixel[1] - j in taps
+        return out
+
+    y = np.asarray(layer(x, kernel))
+    assert not np.isfinite(y[0][reads(bad[0])]).any()
+    for example in (0, 1):
+        assert np.isfinite(y[example][~reads(bad[example])]).all()
+    # The kernel gradient regathers the windows in the backward pass.
+    d_kernel = jax.grad(lambda k: jnp.sum(layer(x[1:], k)))(kernel)
+    assert np.isfinite(np.asarray(d_kernel)[~reads(bad[1])]).all()
+
+
 # --- output_shape ----------------------------------------------------------------
 
 

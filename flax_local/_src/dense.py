@@ -6,6 +6,10 @@ matrix product: dense as an ordinary array, sparse as a
 ``jax.experimental.sparse.BCOO`` holding only the real connections. Taps that
 fall into padding have no entry: they would multiply zeros.
 
+The dense matrix multiplies every input by every column, zeros included, so a
+non-finite input value makes every output of its example NaN (``0 * inf``);
+the sparse matrix has no entries outside the windows and keeps it local.
+
 Before building anything, each computes the bytes it will allocate and raises
 if that exceeds ``max_matrix_bytes``, instead of exhausting memory.
 """

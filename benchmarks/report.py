@@ -190,6 +190,12 @@ STANDING_NOTES = [
     "Temporary buffers over 32 MiB are freshly mapped by glibc's malloc on every call, so "
     "every implementation pays page faults on large cases (big56, large); a process can "
     "avoid that with `MALLOC_MMAP_THRESHOLD_` (not set here).",
+    "XLA:CPU (jax 0.10.2, measured on the 2-core machine) runs a `dot_general` batched over "
+    "positions on one core unless each position's batch is in the thousands, and runs "
+    "independent operations one after another; the forward pass is mostly that dot, so it "
+    "cannot use the second core, while TensorFlow's batched matmul (tf_keras implementation "
+    "1) splits positions across cores (measured on big56's shapes: 1.7 cores, 13.7 ms against "
+    "XLA's 1.0 core, ~21 ms).",
     "tf_keras rows: TF in its own process, `tf.function` without XLA, timing only (its own "
     "random weights); its compile column is the first (tracing) call. tf_keras has no 3D "
     "layer and no dilation; implementation 1 supports only `valid` padding.",

@@ -648,10 +648,9 @@ def test_empty_batch(implementation):
 def test_non_finite_input_reaches_only_the_windows_that_read_it(implementation):
     """Padding is zero whatever the input holds next to it.
 
-    ``"patches"`` reads a clamped input row for taps in the padding and then
-    zeroes them; with dilation that row can lie outside the window, so a NaN
-    there must not leak into windows that do not read it (as multiplying by a
-    0/1 mask would let it). ``"dense"`` multiplies every input by its
+    ``"patches"`` reads input row 0 for taps in the padding and then zeroes
+    them, so a NaN there (the corner below) must not leak into windows that do
+    not read it (as multiplying by a 0/1 mask would let it). ``"dense"`` multiplies every input by its
     matrix's zeros and spreads it everywhere (documented).
     """
     rng = np.random.default_rng(7)

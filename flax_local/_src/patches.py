@@ -5,9 +5,10 @@ Forward: the input is viewed as rows ``(input_positions, batch, C)`` and one
 patches ``(positions, batch, window * C)``, zeroing the taps that fall in the
 padding. The copy is exact in every dtype, and XLA emits it as a single
 loop. (``k ** d`` strided slices stacked together compute the same array but
-become ``k ** d`` loops and a concatenation, twice the memory traffic; ``conv_general_dilated_patches``
-builds them with a one-hot convolution whose cost grows with ``(window *
-C) ** 2`` and which rounds float32 on matrix units at default precision.)
+become ``k ** d`` loops and a concatenation, twice the memory traffic;
+``conv_general_dilated_patches`` builds them with a one-hot convolution whose
+cost grows with ``(window * C) ** 2`` and which rounds float32 on matrix
+units at default precision.)
 Then one ``dot_general`` batched over positions contracts the patches with the
 kernel viewed as ``(positions, window * C, filters)``, a free reshape of its
 ``(*out, *kernel_size, C, filters)`` layout; the bias add is fused into the
@@ -54,24 +55,16 @@ from flax_local._src.geometry import Geometry
 
 @functools.lru_cache(maxsize=256)
 def _window_rows(geometry: Geometry) -> tuple[np.ndarray, np.ndarray | None]:
-    """Row of the flattened (unpadded) input read by each (position, window offset).
+    """``Geometry.input_coordinates`` as gather indices.
 
     Returns:
-      ``(rows, inside)``: ``rows`` is an int32 array of shape ``(num_positions,
-      window_volume)``, offsets in row-major order of ``kernel_size``; taps that
-      fall in the padding are clamped to a row inside the input and marked False
-      in the bool array ``inside`` of the same shape, which is None when every
-      tap is inside (no padding reached).
+      ``(rows, inside)``: the int32 row of the flattened input read by each
+      (position, window offset), shape ``(num_positions, window_volume)``,
+      offsets in row-major order of ``kernel_size`` (row 0 for taps in the
+      padding); and the bool mask of taps inside the input, None when no tap
+      reaches the padding.
     """
-    out = np.indices(geometry.output_spatial).reshape(geometry.rank, -1)
-    taps = np.indices(geometry.kernel_size).reshape(geometry.rank, -1)
-    rows = np.zeros((geometry.num_positions, geometry.window_volume), np.int64)
-    inside = np.ones(rows.shape, bool)
-    for d, size in enumerate(geometry.input_spatial):
-        low = geometry.padding[d][0]
-        coord = out[d][:, None] * geometry.strides[d] + taps[d][None, :] * geometry.dilation[d] - low
-        inside &= (coord >= 0) & (coord < size)
-        rows = rows * size + np.clip(coord, 0, size - 1)
+    rows, inside = geometry.input_coordinates()
     return rows.astype(np.int32), (None if inside.all() else inside)
 
 
@@ -87,8 +80,8 @@ def _input_rows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.Arra
 def _gather_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.Array:
     """One gather of every window: ``(P, B, K * C)``, or ``(P, K * C, B)`` if batch_minor.
 
-    Padding is never built: taps in it read a clamped row and are then zeroed
-    by a select fused into the gather's loop. (A padded copy of the input would
+    Padding is never built: taps in it read row 0 and are then zeroed by a
+    select fused into the gather's loop. (A padded copy of the input would
     be fused into that loop too, and XLA:CPU's gather over a fused ``pad`` ran
     2-4x slower, measured.)
     """

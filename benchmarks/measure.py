@@ -112,6 +112,34 @@ def prepare(fn, args: tuple, *, warmup: int = 2, slow_limit_s: float | None = No
     }
 
 
+def rounds_for(repeats: int, round_ms: float, min_time_s: float, max_rounds: int) -> int:
+    """How many rounds to time: ``repeats``, or more while they fit in ``min_time_s``.
+
+    Fast rows get more calls, so their medians are steadier on a noisy machine,
+    at a cost of about ``min_time_s`` per measurement; slow rows keep
+    ``repeats``.
+
+    Args:
+      repeats: the least number of rounds.
+      round_ms: the expected length of one round (e.g. the sum of the calls'
+        last warm-up times).
+      min_time_s: time to fill with rounds; 0 means exactly ``repeats``.
+      max_rounds: the most rounds, however fast (never below ``repeats``).
+
+    Returns:
+      The number of rounds.
+
+    Example:
+      >>> rounds_for(10, round_ms=20.0, min_time_s=1.0, max_rounds=200)
+      50
+      >>> rounds_for(10, round_ms=500.0, min_time_s=1.0, max_rounds=200)
+      10
+    """
+    if min_time_s <= 0 or round_ms <= 0:
+        return repeats
+    return max(repeats, min(max_rounds, int(min_time_s * 1e3 / round_ms)))
+
+
 def time_interleaved(calls: list[tuple], *, repeats: int) -> list[dict]:
     """Times several compiled functions in turns, one call of each per round.
 

@@ -139,8 +139,7 @@ def markdown(run: dict) -> str:
         f"- Ceilings (measured): matmul {ceil['matmul_gflops']['float32']} GFLOP/s float32, "
         f"{ceil['matmul_gflops']['bfloat16']} GFLOP/s bfloat16 ({ceil['matmul_size']}^3); copy "
         f"{ceil['copy_gbps']} GB/s (16 MiB), {ceil['copy_fresh_gbps']} GB/s (128 MiB, freshly mapped)",
-        f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {run['config']['repeats']} "
-        "timed calls; `patches`, `auto` and ConvLocal (and other JAX rows within 5x of `patches`) are timed in turns, one call of each per round. Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
+        f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {_calls(run['config'])}; `patches`, `auto` and ConvLocal (and other JAX rows within 5x of `patches`) are timed in turns, one call of each per round. Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
         "Compile = lower + compile. XLA peak = arguments + outputs + temporaries (XLA memory analysis); "
         "RSS = largest resident-set growth seen while compiling and warming up (not sampled during timed calls).",
         "- Roofline floor = max(flops / matmul ceiling, minimum bytes / copy ceiling); see `benchmarks/machine.py`.",
@@ -203,6 +202,17 @@ STANDING_NOTES = [
     "outputs, loss and all gradients of every row were checked against `flax_local:patches` "
     "(relative error <= 1e-4, 3e-2 for bfloat16; the run stops on a mismatch).",
 ]
+
+
+def _calls(config: dict) -> str:
+    """How many timed calls a measurement took, as the Method line says it."""
+    repeats, min_time_s = config["repeats"], config.get("min_time_s", 0)
+    if not min_time_s:
+        return f"{repeats} timed calls"
+    return (
+        f"at least {repeats} timed calls (more for fast rows: as many rounds as fit in "
+        f"{min_time_s:g} s per case and mode, up to {config.get('max_repeats')}; the count is in the JSON)"
+    )
 
 
 def _impls(case: dict) -> list[str]:

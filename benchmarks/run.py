@@ -11,8 +11,9 @@ For every case, each flax_local implementation ("patches", "dense" and
 "sparse" where their matrix fits under ``--max-matrix-mib``, and "auto"),
 ConvLocal with the same weights, and tf_keras implementations 1/2/3 (in a
 subprocess, when a Python with tf_keras is available) are compiled and timed:
-forward and training step, median of ``--repeats`` calls after warm-up, with
-compile time and peak memory. "patches", "auto" and ConvLocal (and any other
+forward and training step, median of at least ``--repeats`` calls after
+warm-up (fast rows get as many more as fit in ``--min-time-s``), with compile
+time and peak memory. "patches", "auto" and ConvLocal (and any other
 JAX row within 5x of "patches") are timed in turns, one call of each per
 round, so that their ratios compare like with like. The machine's matmul and
 copy ceilings are measured first and give each case a roofline floor.
@@ -40,7 +41,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny cases, CI smoke test (< 1 min)")
     parser.add_argument("--cases", nargs="+", help="case names (default: all of the run's kind)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 10)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="least timed calls per measurement (default 10)"
+    )
+    parser.add_argument(
+        "--min-time-s",
+        type=float,
+        default=None,
+        help="time more rounds while they fit in this many seconds per case and mode, up to "
+        "--max-repeats (default 1 s; 0 with --quick)",
+    )
+    parser.add_argument("--max-repeats", type=int, default=200, help="most timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
@@ -80,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeats = 10
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.min_time_s is None:
+        args.min_time_s = 0.0 if args.quick else 1.0
+    if args.min_time_s < 0:
+        parser.error("--min-time-s must be >= 0")
     return args
 
 
@@ -189,12 +204,14 @@ def _timed_in_turns(name: str, warmup_ms: float, reference_ms: float | None) -> 
     return warmup_ms <= TURN_SLOWDOWN * reference_ms
 
 
-def _record(rows: list, case: cases_lib.Case, mode: str, calls: list, repeats: int) -> None:
+def _record(rows: list, case: cases_lib.Case, mode: str, calls: list, args: argparse.Namespace) -> None:
     """Times ``(row, prepared, args)`` calls in turns and appends their rows."""
     if not calls:
         return
+    round_ms = sum(result["warmup_ms"] for _, result, _ in calls)
+    rounds = measure.rounds_for(args.repeats, round_ms, args.min_time_s, args.max_repeats)
     timings = measure.time_interleaved(
-        [(result.pop("compiled"), args) for _, result, args in calls], repeats=repeats
+        [(result.pop("compiled"), call_args) for _, result, call_args in calls], repeats=rounds
     )
     for (row, result, _), timing in zip(calls, timings):
         rows.append({**row, **result, **timing, "timed_in_turns": len(calls) > 1})
@@ -252,9 +269,9 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> d
             else:
                 # Far slower than "patches": timed alone, at once, so that its
                 # buffers and executable are gone before the rows timed in turns.
-                _record(rows, case, mode, [call], args.repeats)
+                _record(rows, case, mode, [call], args)
         # Timed in turns, so that every row of the case sees the same machine.
-        _record(rows, case, mode, in_turns, args.repeats)
+        _record(rows, case, mode, in_turns, args)
         del in_turns
     del references
     if not args.no_tf:
@@ -289,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {
             "quick": args.quick,
             "repeats": args.repeats,
+            "min_time_s": args.min_time_s,
+            "max_repeats": args.max_repeats,
             "warmup": args.warmup,
             "max_matrix_mib": args.max_matrix_mib,
             "slow_limit_s": args.slow_limit_s,

@@ -75,6 +75,19 @@ def test_time_interleaved_times_each_call_in_rotating_turns():
     assert order == list("abcbcacababc")
 
 
+def test_fast_rows_get_more_rounds_within_the_time_budget():
+    from benchmarks.measure import rounds_for
+    from benchmarks.report import _calls
+
+    assert rounds_for(10, round_ms=20.0, min_time_s=1.0, max_rounds=200) == 50
+    assert rounds_for(10, round_ms=1.0, min_time_s=1.0, max_rounds=200) == 200  # capped
+    assert rounds_for(10, round_ms=500.0, min_time_s=1.0, max_rounds=200) == 10  # slow: the least
+    assert rounds_for(10, round_ms=1.0, min_time_s=0.0, max_rounds=200) == 10  # no budget (--quick)
+    assert rounds_for(10, round_ms=1.0, min_time_s=1.0, max_rounds=5) == 10  # never below repeats
+    assert _calls({"repeats": 10}) == "10 timed calls"
+    assert "at least 10 timed calls" in _calls({"repeats": 10, "min_time_s": 1.0, "max_repeats": 200})
+
+
 def test_rows_timed_in_turns():
     from benchmarks.run import _timed_in_turns
 

@@ -88,6 +88,14 @@ def test_fast_rows_get_more_rounds_within_the_time_budget():
     assert "at least 10 timed calls" in _calls({"repeats": 10, "min_time_s": 1.0, "max_repeats": 200})
 
 
+def test_a_target_with_no_case_to_check_is_not_reported_met():
+    from benchmarks.report import _all_met, _verdict
+
+    assert _verdict(_all_met({})) == "n/a"
+    assert _verdict(_all_met({"a": True, "b": True})) == "met"
+    assert _verdict(_all_met({"a": True, "b": False})) == "MISSED"
+
+
 def test_rows_timed_in_turns():
     from benchmarks.run import _timed_in_turns
 

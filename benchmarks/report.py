@@ -190,9 +190,11 @@ STANDING_NOTES = [
     "every implementation pays page faults on large cases (big56, large); a process can "
     "avoid that with `MALLOC_MMAP_THRESHOLD_` (not set here).",
     "XLA:CPU (jax 0.10.2, measured on the 2-core machine) runs a `dot_general` batched over "
-    "positions on one core unless each position's batch is in the thousands, and runs "
-    "independent operations one after another; the forward pass is mostly that dot, so it "
-    "cannot use the second core, while TensorFlow's batched matmul (tf_keras implementation "
+    "positions on one core unless each position's batch is in the thousands. Its executor "
+    "overlaps independent operations only in some programs (a training step ran the two "
+    "backward products side by side; a forward pass split into independent halves ran "
+    "them one after another), so the forward pass, mostly that dot, does not use the "
+    "second core, while TensorFlow's batched matmul (tf_keras implementation "
     "1) splits positions across cores (measured on big56's shapes: 1.7 cores, 13.7 ms against "
     "XLA's 1.0 core, ~21 ms).",
     "tf_keras rows: TF in its own process, `tf.function` without XLA, timing only (its own "

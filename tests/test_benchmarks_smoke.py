@@ -105,6 +105,25 @@ def test_rows_timed_in_turns():
     assert not _timed_in_turns("flax_local:sparse", warmup_ms=6.0, reference_ms=1.0)
 
 
+def test_reference_row_is_prepared_first_whatever_the_order():
+    from types import SimpleNamespace
+
+    from benchmarks.run import _reference_first
+
+    named = [
+        SimpleNamespace(name=n)
+        for n in ("flax_local:sparse", "flax_local:auto", "flax_local:patches", "ConvLocal")
+    ]
+    assert [c.name for c in _reference_first(named)] == [
+        "flax_local:patches",
+        "flax_local:sparse",
+        "flax_local:auto",
+        "ConvLocal",
+    ]
+    without = named[:2] + named[3:]
+    assert _reference_first(without) == without
+
+
 def test_tf_keras_target_compares_against_every_tf_row():
     from benchmarks.report import _beats_tf_keras
 

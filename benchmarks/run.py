@@ -202,7 +202,7 @@ def _reference_first(contenders: list) -> list:
     return sorted(contenders, key=lambda contender: contender.name != REFERENCE_ROW)
 
 
-TURN_ROWS = ("flax_local:patches", "flax_local:auto", "ConvLocal")
+TURN_ROWS = (REFERENCE_ROW, "flax_local:auto", "ConvLocal")
 TURN_SLOWDOWN = 5.0
 
 

@@ -650,8 +650,9 @@ def test_non_finite_input_reaches_only_the_windows_that_read_it(implementation):
 
     ``"patches"`` reads input row 0 for taps in the padding and then zeroes
     them, so a NaN there (the corner below) must not leak into windows that do
-    not read it (as multiplying by a 0/1 mask would let it). ``"dense"`` multiplies every input by its
-    matrix's zeros and spreads it everywhere (documented).
+    not read it (as multiplying by a 0/1 mask would let it). ``"dense"``
+    multiplies every input by its matrix's zeros and spreads it everywhere
+    (documented).
     """
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)

@@ -103,6 +103,32 @@ def measure_ceilings(quick: bool = False) -> dict:
     return out
 
 
+def best_ceilings(*measurements: dict) -> dict:
+    """The highest of several ``measure_ceilings`` results, ceiling by ceiling.
+
+    A ceiling is what the machine can do; on a shared machine one measurement
+    can land in a busy second (measured: a 16 MiB copy at 15.7 GB/s at the start
+    of a run, 37.9 GB/s in another), which would lower every case's floor.
+
+    Example:
+      >>> best_ceilings(
+      ...     {"matmul_gflops": {"float32": 200.0}, "matmul_size": 1024, "copy_gbps": 30.0},
+      ...     {"matmul_gflops": {"float32": 280.0}, "matmul_size": 1024, "copy_gbps": 20.0},
+      ... )
+      {'matmul_gflops': {'float32': 280.0}, 'matmul_size': 1024, 'copy_gbps': 30.0}
+    """
+    first = measurements[0]
+    best = {}
+    for key, value in first.items():
+        if key == "matmul_gflops":
+            best[key] = {dtype: max(m[key][dtype] for m in measurements) for dtype in value}
+        elif key == "matmul_size":
+            best[key] = value
+        else:
+            best[key] = max(m[key] for m in measurements)
+    return best
+
+
 def case_costs(case: Case) -> dict:
     """The minimum work of a case: flops, and bytes that must cross memory.
 

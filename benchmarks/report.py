@@ -136,7 +136,7 @@ def markdown(run: dict) -> str:
             if run["tf"].get("available")
             else ""
         ),
-        f"- Ceilings (measured): matmul {ceil['matmul_gflops']['float32']} GFLOP/s float32, "
+        f"- Ceilings ({_ceilings_source(run)}): matmul {ceil['matmul_gflops']['float32']} GFLOP/s float32, "
         f"{ceil['matmul_gflops']['bfloat16']} GFLOP/s bfloat16 ({ceil['matmul_size']}^3); copy "
         f"{ceil['copy_gbps']} GB/s (16 MiB), {ceil['copy_fresh_gbps']} GB/s (128 MiB, freshly mapped)",
         f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {_calls(run['config'])}; `patches`, `auto` and ConvLocal (and other JAX rows within 5x of `patches`) are timed in turns, one call of each per round. Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
@@ -204,6 +204,18 @@ STANDING_NOTES = [
     "outputs, loss and all gradients of every row were checked against `flax_local:patches` "
     "(relative error <= 1e-4, 3e-2 for bfloat16; the run stops on a mismatch).",
 ]
+
+
+def _ceilings_source(run: dict) -> str:
+    """How the ceilings were measured, with both measurements when there were two."""
+    start, end = run.get("ceilings_start"), run.get("ceilings_end")
+    if not (start and end):
+        return "measured"
+    return (
+        "measured at the start and at the end of the run, the higher of each; start: matmul "
+        f"{start['matmul_gflops']['float32']} GFLOP/s float32, copy {start['copy_gbps']} GB/s; end: "
+        f"{end['matmul_gflops']['float32']}, {end['copy_gbps']}"
+    )
 
 
 def _compile_method(config: dict) -> str:

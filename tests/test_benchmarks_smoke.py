@@ -38,6 +38,8 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
     run = json.loads(out_json.read_text())
     assert run["config"]["quick"] is True
     assert run["ceilings"]["matmul_gflops"]["float32"] > 0
+    for key in ("copy_gbps", "copy_fresh_gbps"):  # the best of the start and end measurements
+        assert run["ceilings"][key] == max(run["ceilings_start"][key], run["ceilings_end"][key])
     (case,) = run["cases"]
     assert case["name"] == "tiny2d"
     timed = {(r["impl"], r["mode"]) for r in case["results"] if "median_ms" in r}

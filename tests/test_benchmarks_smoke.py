@@ -99,6 +99,19 @@ def test_compile_time_is_the_fastest_of_fresh_compilations():
     assert "once" in _compile_method({})  # results written before compile_repeats existed
 
 
+def test_ceilings_are_the_best_of_each_measurement():
+    from benchmarks.machine import best_ceilings
+
+    start = {"matmul_gflops": {"float32": 199.0, "bfloat16": 160.0}, "matmul_size": 1024, "copy_gbps": 15.7}
+    end = {"matmul_gflops": {"float32": 287.0, "bfloat16": 150.0}, "matmul_size": 1024, "copy_gbps": 37.9}
+    assert best_ceilings(start, end) == {
+        "matmul_gflops": {"float32": 287.0, "bfloat16": 160.0},
+        "matmul_size": 1024,
+        "copy_gbps": 37.9,
+    }
+    assert best_ceilings(start) == start
+
+
 def test_fast_rows_get_more_rounds_within_the_time_budget():
     from benchmarks.measure import rounds_for
     from benchmarks.report import _calls

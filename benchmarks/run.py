@@ -135,7 +135,7 @@ def run_tf(case: cases_lib.Case, args: argparse.Namespace) -> list[dict]:
         "max_matrix_bytes": int(args.max_matrix_mib * 2**20),
         "slow_limit_s": args.slow_limit_s,
     }
-    timed_out = None
+    timed_out, returncode = None, 0
     try:
         done = subprocess.run(
             [args.tf_python, WORKER, json.dumps(spec)],
@@ -144,7 +144,7 @@ def run_tf(case: cases_lib.Case, args: argparse.Namespace) -> list[dict]:
             timeout=args.tf_timeout_s,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
-        stdout, stderr = done.stdout, done.stderr
+        stdout, stderr, returncode = done.stdout, done.stderr, done.returncode
     except subprocess.TimeoutExpired as e:
         stdout, stderr = e.stdout or "", ""
         stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
@@ -159,10 +159,20 @@ def run_tf(case: cases_lib.Case, args: argparse.Namespace) -> list[dict]:
             continue
         if isinstance(row, dict) and "impl" in row:
             rows.append(row)
+    tail = stderr.strip().splitlines()[-1:]
     if timed_out:
         rows.append({"impl": "tf_keras", "skipped": timed_out})
+    elif returncode != 0:
+        # Killed (e.g. out of memory: big56's implementation 1 trains in ~17 GiB) or crashed
+        # after the rows it printed: the rest of the case is missing, and the table says why.
+        reason = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        rows.append(
+            {
+                "impl": "tf_keras",
+                "skipped": f"worker stopped ({reason}; rows after this one not measured): {tail}",
+            }
+        )
     elif not rows:
-        tail = stderr.strip().splitlines()[-1:]
         rows.append({"impl": "tf_keras", "skipped": f"worker failed: {tail}"})
     for row in rows:
         row.setdefault("note", "timing only (own random weights)")

@@ -112,6 +112,28 @@ def test_ceilings_are_the_best_of_each_measurement():
     assert best_ceilings(start) == start
 
 
+def test_a_tf_keras_worker_that_dies_leaves_a_row_saying_so(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import cases, run
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import json, os, sys\n"
+        "print(json.dumps({'impl': 'tf_keras:impl1', 'mode': 'forward', 'median_ms': 1.0}), flush=True)\n"
+        "print('MemoryError: out of memory', file=sys.stderr, flush=True)\n"
+        "os._exit(1)\n"
+    )
+    monkeypatch.setattr(run, "WORKER", str(worker))
+    args = SimpleNamespace(
+        tf_python=sys.executable, repeats=10, max_matrix_mib=512, slow_limit_s=10.0, tf_timeout_s=60
+    )
+    rows = run.run_tf(cases.QUICK_CASES[0], args)
+    assert [r["impl"] for r in rows] == ["tf_keras:impl1", "tf_keras"]
+    assert rows[0]["median_ms"] == 1.0
+    assert "exit code 1" in rows[1]["skipped"] and "out of memory" in rows[1]["skipped"]
+
+
 def test_fast_rows_get_more_rounds_within_the_time_budget():
     from benchmarks.measure import rounds_for
     from benchmarks.report import _calls

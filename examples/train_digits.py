@@ -245,7 +245,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--implementation",
         default="auto",
-        choices=["auto", "patches", "dense", "sparse"],
+        choices=["auto", "native", "patches", "dense", "sparse"],
         help="the LocallyConnected2D implementation (all give the same numbers)",
     )
     parser.add_argument("--out", default=os.path.join("out", "digits"), help="output folder")

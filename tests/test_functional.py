@@ -30,8 +30,8 @@ from tests.reference import (
     resolve_padding,
 )
 
-IMPLEMENTATIONS = ("patches", "dense", "sparse", "auto")
-EXPLICIT_IMPLEMENTATIONS = ("patches", "dense", "sparse")
+IMPLEMENTATIONS = ("native", "patches", "dense", "sparse", "auto")
+EXPLICIT_IMPLEMENTATIONS = ("native", "patches", "dense", "sparse")
 HIGHEST = lax.Precision.HIGHEST
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -379,11 +379,13 @@ GRAD_CONFIGS = {
         (4, 3, 4), (2, 1, 2), 1, (1, 1, 2), ((1, -1), (0, 1), (-1, 1)), "channels_last", (), 2, 1, True
     ),
 }
-# (config, implementation, order): every implementation to first order on the
-# richest geometry; second order where the derivative rules are hand-written
-# ("patches"); kept few because each costs seconds on 2 cores.
+# (config, implementation, order): every float64 implementation to first order
+# on the richest geometry; second order where the derivative rules are
+# hand-written ("patches"); kept few because each costs seconds on 2 cores.
+# "native" computes in float32 only: tests/test_native.py checks its
+# derivatives against these float64 ones.
 GRAD_CASES = [
-    *(("2d-same-strided-dilated", impl, 1) for impl in EXPLICIT_IMPLEMENTATIONS),
+    *(("2d-same-strided-dilated", impl, 1) for impl in EXPLICIT_IMPLEMENTATIONS if impl != "native"),
     ("1d-causal-dilated", "patches", 2),
     ("3d-explicit-negative", "patches", 1),
 ]
@@ -570,13 +572,25 @@ def _geometry(config: Config):
     )
 
 
-def test_auto_configs_cover_both_choices():
+@pytest.mark.parametrize("native, expected", [(True, {"dense", "native"}), (False, {"dense", "patches"})])
+def test_auto_configs_cover_every_choice(native, expected):
     chosen = set()
     for config in AUTO_CONFIGS.values():
+        geometry = _geometry(config)
         chosen.add(
-            choose_implementation(_geometry(config), config.channels, config.filters, jnp.float32, "cpu")
+            choose_implementation(
+                geometry, config.channels, config.filters, jnp.float32, "cpu", native=native
+            )
         )
-    assert chosen == {"dense", "patches"}
+    assert chosen == expected
+
+
+def test_auto_never_picks_native_off_cpu_or_for_float64():
+    geometry = _geometry(AUTO_CONFIGS["small-window-2d"])
+    for backend in ("gpu", "tpu"):
+        assert choose_implementation(geometry, 2, 3, jnp.float32, backend, native=True) == "patches"
+    assert choose_implementation(geometry, 2, 3, jnp.float64, "cpu", native=True) == "patches"
+    assert choose_implementation(geometry, 2, 3, jnp.bfloat16, "cpu", native=True) == "native"
 
 
 def test_implementation_aliases():
@@ -644,7 +658,7 @@ def test_empty_batch(implementation):
     assert y.shape == (0, 5, 2)
 
 
-@pytest.mark.parametrize("implementation", ["patches", "sparse"])
+@pytest.mark.parametrize("implementation", ["native", "patches", "sparse"])
 def test_non_finite_input_reaches_only_the_windows_that_read_it(implementation):
     """Padding is zero whatever the input holds next to it.
 

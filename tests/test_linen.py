@@ -96,7 +96,7 @@ def test_nd_base_takes_rank_from_kernel_size_and_equals_2d():
         flax_local.LocallyConnected(4, 3).init(jax.random.key(0), x)
 
 
-@pytest.mark.parametrize("implementation", ["patches", "dense", "sparse", 1, 2, 3, "AUTO"])
+@pytest.mark.parametrize("implementation", ["native", "patches", "dense", "sparse", 1, 2, 3, "AUTO"])
 def test_every_implementation_gives_the_same_numbers(implementation):
     x = jax.random.normal(jax.random.key(0), (3, 6, 5, 2))
     reference_layer = flax_local.LocallyConnected2D(

@@ -14,7 +14,7 @@ DataFormat: TypeAlias = Literal["channels_last", "channels_first"]
 PaddingLike: TypeAlias = str | Sequence[tuple[int, int]]
 IntOrSequence: TypeAlias = int | Sequence[int]
 
-IMPLEMENTATIONS = ("auto", "patches", "dense", "sparse")
+IMPLEMENTATIONS = ("auto", "native", "patches", "dense", "sparse")
 # Keras's ``implementation=1, 2, 3`` name the same three formulations.
 _KERAS_IMPLEMENTATION_ALIASES = {1: "patches", 2: "dense", 3: "sparse"}
 _DATA_FORMATS = ("channels_last", "channels_first")

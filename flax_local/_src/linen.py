@@ -59,8 +59,9 @@ class LocallyConnected(nn.Module):
       kernel_constraint: None, a callable or a name; enforced by
         ``flax_local.constraints.enforce_constraints`` after each update.
       bias_constraint: as ``kernel_constraint``, for the bias.
-      implementation: ``"auto"``, ``"patches"``, ``"dense"``, ``"sparse"`` (or
-        Keras's 1, 2, 3). All compute the same numbers from the same params.
+      implementation: ``"auto"``, ``"native"``, ``"patches"``, ``"dense"``,
+        ``"sparse"`` (or Keras's 1, 2, 3 for the last three). All compute the
+        same numbers from the same params.
       dtype: the computation dtype (default: inferred from inputs and params).
       param_dtype: the dtype of the parameters.
       precision: numerical precision of the matrix products.

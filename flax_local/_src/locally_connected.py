@@ -11,7 +11,8 @@ from jax import lax
 from flax_local._src import arguments
 from flax_local._src import geometry as geometry_lib
 from flax_local._src.auto import choose_implementation
-from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse, dense_matrix_bytes
+from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse
+from flax_local._src.native import apply_native
 from flax_local._src.patches import apply_patches
 
 
@@ -59,10 +60,14 @@ def locally_connected(
         (negative values crop). Strings are case-insensitive.
       dilation_rate: spacing between window taps: an int or one per dimension.
       data_format: ``"channels_last"`` or ``"channels_first"``.
-      implementation: ``"patches"``, ``"dense"``, ``"sparse"`` or ``"auto"``
-        (Keras's ``1``, ``2``, ``3`` are aliases of the first three). All give
-        the same numbers; see the README for when each is fastest.
-      precision: passed to the matrix products (``jax.lax.Precision``).
+      implementation: ``"native"``, ``"patches"``, ``"dense"``, ``"sparse"``
+        or ``"auto"`` (Keras's ``1``, ``2``, ``3`` are aliases of
+        ``"patches"``, ``"dense"``, ``"sparse"``). All give the same numbers;
+        see the README for when each is fastest. ``"native"`` (fused C++
+        kernels, CPU, float32 arithmetic) is built on first use and is what
+        ``"auto"`` picks on a single-device CPU.
+      precision: passed to the matrix products (``jax.lax.Precision``);
+        ``"native"`` always multiplies in full float32.
       max_matrix_bytes: the largest matrix ``"dense"`` or ``"sparse"`` may
         build before raising (default ``DEFAULT_MAX_MATRIX_BYTES``, 1 GiB).
 
@@ -136,16 +141,14 @@ def locally_connected(
 
     limit = DEFAULT_MAX_MATRIX_BYTES if max_matrix_bytes is None else max_matrix_bytes
     if implementation == "auto":
-        implementation = choose_implementation(geometry, channels, filters, dtype)
-        if (
-            implementation == "dense"
-            and dense_matrix_bytes(geometry, channels, filters, jnp.dtype(dtype).itemsize) > limit
-        ):
-            implementation = "patches"  # never pick what the caller's own limit rejects
+        # Never picks a "dense" matrix that the caller's own limit would reject.
+        implementation = choose_implementation(geometry, channels, filters, dtype, max_dense_bytes=limit)
     x = x.reshape(math.prod(batch_shape), *x.shape[len(batch_shape) :])
     if channels_first:
         x = jnp.moveaxis(x, 1, -1)
-    if implementation == "patches":
+    if implementation == "native":
+        y = apply_native(x, kernel, bias, geometry)
+    elif implementation == "patches":
         y = apply_patches(x, kernel, bias, geometry, precision)
     elif implementation == "dense":
         y = apply_dense(x, kernel, bias, geometry, precision, limit)

@@ -97,8 +97,9 @@ class LocallyConnected(nnx.Module):
         and divided by the batch size (tf_keras's convention).
       kernel_constraint: None, a callable or a name; see ``apply_constraints``.
       bias_constraint: as ``kernel_constraint``, for the bias.
-      implementation: ``"auto"``, ``"patches"``, ``"dense"``, ``"sparse"`` (or
-        Keras's 1, 2, 3). All compute the same numbers from the same params.
+      implementation: ``"auto"``, ``"native"``, ``"patches"``, ``"dense"``,
+        ``"sparse"`` (or Keras's 1, 2, 3 for the last three). All compute the
+        same numbers from the same params.
       dtype: the computation dtype (default: inferred from inputs and params).
       param_dtype: the dtype of the parameters.
       precision: numerical precision of the matrix products.

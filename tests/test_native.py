@@ -1,0 +1,307 @@
+"""The ``"native"`` implementation: its kernels, derivatives, batching and build.
+
+Forward values are also checked against the float64 reference in
+test_functional.py (``"native"`` is one of its implementations). Here: shapes
+that exercise every tile size and tail of the C++ kernels, every derivative
+rule (first and second order, forward and reverse mode) against the float64
+derivatives of ``"patches"`` (themselves checked by finite differences), every
+batching rule, the gather-and-einsum lowering used off CPU, concurrent calls,
+and building, caching and failing to build the kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_local._src import native, native_build
+from flax_local._src.geometry import make_geometry
+from flax_local.functional import locally_connected
+from tests.reference import reference_locally_connected
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("FLAX_LOCAL_NATIVE") == "0", reason="native kernels disabled by FLAX_LOCAL_NATIVE=0"
+)
+
+HIGHEST = jax.lax.Precision.HIGHEST
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_kernels_build_on_this_machine():
+    """CI has a C++ compiler: the native path must really run there, not be skipped."""
+    native_build.ensure_loaded()
+    assert native_build.is_available()
+
+
+# (input_spatial, kernel_size, strides, dilation, padding, batch, channels, filters):
+# filters cover 4-, 3-, 2-, 1-vector tiles and tails (1, 17, 70, 64 + 48); batch
+# covers partial row tiles and, in the input gradient's batch-minor layout,
+# partial and multiple 16-lane vectors (1, 5, 17, 40, 70).
+SHAPES = [
+    ((9, 7), (3, 3), (1, 1), (1, 1), "same", 5, 3, 20),
+    ((12,), (3,), (2,), (2,), "causal", 17, 4, 70),
+    ((5, 6, 4), (2, 2, 2), (1, 1, 1), (1, 1, 1), "valid", 2, 2, 5),
+    ((10, 10), (3, 3), (1, 1), (2, 2), "valid", 40, 16, 32),
+    ((4, 4), (3, 3), (1, 1), (1, 1), "same", 1, 1, 1),
+    ((11,), (5,), (1,), (1,), ((3, -1),), 70, 3, 112),
+    ((6, 5), (2, 3), (2, 1), (1, 2), "same", 3, 7, 17),
+]
+
+
+def _arrays(shape, seed, dtype=np.float32):
+    input_spatial, kernel_size, strides, dilation, padding, batch, channels, filters = shape
+    rng = np.random.default_rng(seed)
+    geometry = make_geometry(input_spatial, kernel_size, strides, _pairs(shape), dilation)
+    x = rng.normal(size=(batch, *input_spatial, channels)).astype(dtype)
+    kernel = rng.normal(size=(*geometry.output_spatial, *kernel_size, channels, filters)).astype(dtype)
+    bias = rng.normal(size=(*geometry.output_spatial, filters)).astype(dtype)
+    return x, kernel, bias
+
+
+def _pairs(shape):
+    input_spatial, kernel_size, strides, dilation, padding = shape[:5]
+    from tests.reference import resolve_padding
+
+    return resolve_padding(padding, input_spatial, kernel_size, strides, dilation)
+
+
+def _layer(shape, implementation):
+    _, _, strides, dilation, padding = shape[:5]
+    return functools.partial(
+        locally_connected,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        implementation=implementation,
+        precision=HIGHEST,
+    )
+
+
+def _loss(layer):
+    return lambda x, kernel, bias: jnp.sum(jnp.sin(layer(x, kernel, bias)))
+
+
+def _close(actual, expected, rtol=2e-5):
+    """float32 results against float64 ones, relative to the largest entry."""
+    expected = np.asarray(expected, np.float64)
+    scale = max(np.abs(expected).max(), 1e-30)
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_and_gradients_match_float64(shape):
+    x, kernel, bias = _arrays(shape, 0)
+    _, _, strides, dilation, padding = shape[:5]
+    y = jax.jit(_layer(shape, "native"))(x, kernel, bias)
+    _close(
+        y,
+        reference_locally_connected(x, kernel, bias, strides=strides, padding=padding, dilation=dilation),
+    )
+    grads = jax.jit(jax.grad(_loss(_layer(shape, "native")), argnums=(0, 1, 2)))(x, kernel, bias)
+    with jax.enable_x64(True):
+        args64 = [jnp.asarray(a, jnp.float64) for a in (x, kernel, bias)]
+        expected = jax.grad(_loss(_layer(shape, "patches")), argnums=(0, 1, 2))(*args64)
+    for name, got, want in zip(("x", "kernel", "bias"), grads, expected):
+        assert got.dtype == jnp.float32, name
+        _close(got, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[-1:], ids=str)
+def test_forward_mode_and_second_order_match_float64(shape):
+    """jvp, and jvp of grad (Hessian-vector products): every rule composed with every other."""
+    x, kernel, bias = _arrays(shape, 1)
+    rng = np.random.default_rng(2)
+    tangents = tuple(rng.normal(size=a.shape).astype(np.float32) for a in (x, kernel, bias))
+
+    def both(layer, primals, tangents):
+        jvp = jax.jvp(layer, primals, tangents)[1]
+        hvp = jax.jvp(jax.grad(_loss(layer), argnums=(0, 1, 2)), primals, tangents)[1]
+        return jvp, hvp
+
+    got = jax.jit(functools.partial(both, _layer(shape, "native")))((x, kernel, bias), tangents)
+    with jax.enable_x64(True):
+        cast = [jnp.asarray(a, jnp.float64) for a in (x, kernel, bias)]
+        want = both(
+            _layer(shape, "patches"), tuple(cast), tuple(jnp.asarray(t, jnp.float64) for t in tangents)
+        )
+    _close(got[0], want[0])
+    for got_part, want_part in zip(got[1], want[1]):
+        _close(got_part, want_part, rtol=1e-4)
+
+
+def test_only_the_needed_kernels_run():
+    """A gradient w.r.t. the parameters alone never runs the input-gradient kernel."""
+    shape = SHAPES[0]
+    x, kernel, bias = _arrays(shape, 3)
+    layer = _layer(shape, "native")
+    text = jax.jit(jax.grad(_loss(layer), argnums=(1, 2))).lower(x, kernel, bias).compile().as_text()
+    assert "flax_local_kernel_grad" in text and "flax_local_input_grad" not in text
+    text = jax.jit(jax.grad(_loss(layer), argnums=0)).lower(x, kernel, bias).compile().as_text()
+    assert "flax_local_input_grad" in text and "flax_local_kernel_grad" not in text
+
+
+def test_batching_rules():
+    """vmap over inputs, over parameters, over both, nested, and of gradients."""
+    shape = SHAPES[6]
+    x, kernel, bias = _arrays(shape, 4)
+    rng = np.random.default_rng(5)
+    xs = rng.normal(size=(3, *x.shape)).astype(np.float32)
+    kernels = rng.normal(size=(2, *kernel.shape)).astype(np.float32)
+    biases = rng.normal(size=(2, *bias.shape)).astype(np.float32)
+
+    def programs(layer):
+        loss = _loss(layer)
+        per_example = jax.vmap(lambda xi: jax.grad(loss, argnums=(1, 2))(xi[None], kernel, bias))(x)
+        return {
+            "inputs": jax.vmap(layer, in_axes=(0, None, None))(xs, kernel, bias),
+            "parameters": jax.vmap(layer, in_axes=(None, 0, 0))(x, kernels, biases),
+            "both": jax.vmap(layer, in_axes=(0, 0, 0))(xs[:2], kernels, biases),
+            "nested": jax.vmap(jax.vmap(layer, in_axes=(0, None, None)), in_axes=(None, 0, 0))(
+                xs, kernels, biases
+            ),
+            "per-example gradients": per_example,
+            "ensemble gradients": jax.vmap(jax.grad(loss, argnums=(0, 1, 2)), in_axes=(None, 0, 0))(
+                x, kernels, biases
+            ),
+            "per-example input gradients": jax.vmap(jax.grad(loss), in_axes=(0, None, None))(
+                xs, kernel, bias
+            ),
+        }
+
+    got = jax.jit(lambda: programs(_layer(shape, "native")))()
+    with jax.enable_x64(True):
+        want = programs(_layer(shape, "patches"))
+    for name in want:
+        for got_leaf, want_leaf in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):
+            assert got_leaf.shape == want_leaf.shape, name
+            _close(got_leaf, want_leaf, rtol=1e-4)
+
+
+def test_reference_lowering_matches_the_kernels():
+    """The gather-and-einsum formulation other platforms lower to computes the same products."""
+    shape = SHAPES[1]
+    x, kernel, bias = _arrays(shape, 6)
+    geometry = make_geometry(shape[0], shape[1], shape[2], _pairs(shape), shape[3])
+    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
+    x4 = jnp.asarray(x.reshape(1, batch, -1, channels))
+    w4 = jnp.asarray(kernel.reshape(1, geometry.num_positions, -1, filters))
+    b3 = jnp.asarray(bias.reshape(1, geometry.num_positions, filters))
+    dy = jnp.asarray(
+        np.random.default_rng(7).normal(size=(1, batch, geometry.num_positions, filters)), jnp.float32
+    )
+    pairs = [
+        (
+            native.forward(x4, w4, b3, geometry),
+            native._forward_reference(x4, w4, b3, geometry=geometry, has_bias=True),
+        ),
+        (native.input_grad(dy, w4, geometry), native._input_grad_reference(dy, w4, geometry=geometry)),
+        *zip(native.kernel_grad(x4, dy, geometry), native._kernel_grad_reference(x4, dy, geometry=geometry)),
+    ]
+    for got, want in pairs:
+        _close(got, want)
+    # And the lowering for an accelerator uses it: no custom call in the module.
+    lowered = jax.jit(lambda x, w, b: native.forward(x, w, b, geometry)).trace(x4, w4, b3)
+    text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    assert "flax_local_forward" not in text and "custom_call" not in text
+
+
+def test_half_precision_and_float64():
+    shape = SHAPES[3]
+    x, kernel, bias = _arrays(shape, 8)
+    layer = _layer(shape, "native")
+    for dtype in (jnp.bfloat16, jnp.float16):
+        y = layer(*(jnp.asarray(a, dtype) for a in (x, kernel, bias)))
+        assert y.dtype == dtype
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x, jnp.float64)
+        with pytest.raises(ValueError, match=r"implementation='native'.*got float64.*'patches'"):
+            layer(x64, jnp.asarray(kernel, jnp.float64), jnp.asarray(bias, jnp.float64))
+
+
+def test_concurrent_calls_from_threads():
+    """Calls from several Python threads share XLA's pool without deadlock or wrong numbers."""
+    shape = SHAPES[3]
+    x, kernel, bias = _arrays(shape, 9)
+    step = jax.jit(jax.grad(_loss(_layer(shape, "native")), argnums=(0, 1, 2)))
+    expected = step(x, kernel, bias)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(step(x, kernel, bias))
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(results) == 20
+    for result in results:
+        for got, want in zip(result, expected):
+            np.testing.assert_array_equal(got, want)
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        # One CPU device (other tests may leave XLA_FLAGS asking for several).
+        env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+_PROBE = """
+import jax.numpy as jnp
+from flax_local._src import native_build
+from flax_local.functional import NativeUnavailableError, geometry, choose_implementation, locally_connected
+print("available", native_build.is_available())
+print("auto", choose_implementation(geometry((28, 28), 3), 16, 32, jnp.float32))
+try:
+    locally_connected(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 3, 3, 2, 4)), implementation="native")
+except NativeUnavailableError as error:
+    print("error", error)
+"""
+
+
+def test_disabled_falls_back_to_patches_and_explains():
+    result = _run_python(_PROBE, FLAX_LOCAL_NATIVE="0")
+    assert result.returncode == 0, result.stderr
+    assert "available False" in result.stdout
+    assert "auto patches" in result.stdout
+    assert "error disabled by FLAX_LOCAL_NATIVE=0" in result.stdout
+
+
+def test_failed_build_quotes_the_compiler(tmp_path):
+    result = _run_python(_PROBE, CXX="false", FLAX_LOCAL_CACHE_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "available False" in result.stdout and "auto patches" in result.stdout
+    assert "error compiling the native kernels failed (false -O3" in result.stdout
+    result = _run_python(_PROBE, CXX="no-such-compiler", FLAX_LOCAL_CACHE_DIR=str(tmp_path))
+    assert "error no C++ compiler: CXX='no-such-compiler' is not on PATH" in result.stdout
+
+
+def test_build_is_cached(tmp_path):
+    """The first process builds the library into the cache; the next one only loads it."""
+    first = _run_python(_PROBE, FLAX_LOCAL_CACHE_DIR=str(tmp_path))
+    assert "available True" in first.stdout and "auto native" in first.stdout, first.stderr
+    (library,) = tmp_path.glob("locally_connected_*.so")
+    built = library.stat().st_mtime_ns
+    second = _run_python(_PROBE, FLAX_LOCAL_CACHE_DIR=str(tmp_path))
+    assert "available True" in second.stdout, second.stderr
+    assert library.stat().st_mtime_ns == built
+    assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no temporary files left

@@ -21,7 +21,7 @@ from flax_local._src.dense import dense_matrix_bytes, sparse_matrix_bytes
 from flax_local._src.geometry import make_geometry
 from flax_local.functional import choose_implementation
 
-FLAX_LOCAL_IMPLEMENTATIONS = ("patches", "dense", "sparse", "auto")
+FLAX_LOCAL_IMPLEMENTATIONS = ("native", "patches", "dense", "sparse", "auto")
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import math
 MIB = 2**20
 DEFAULT = "flax_local:auto"
 BASELINE = "ConvLocal"
-EXPLICIT = ("flax_local:patches", "flax_local:dense", "flax_local:sparse")
+EXPLICIT = ("flax_local:native", "flax_local:patches", "flax_local:dense", "flax_local:sparse")
 
 
 def _row(case: dict, impl: str, mode: str) -> dict | None:
@@ -184,19 +184,19 @@ def markdown(run: dict) -> str:
 STANDING_NOTES = [
     "Times are medians of wall-clock time; every timed call, the minimum and the load "
     "average are in the JSON (`--json`).",
-    "When `auto` picks `patches`, `flax_local:patches` and `flax_local:auto` run the same "
-    "compiled program: the gap between their rows is the run-to-run noise of the machine.",
+    "`flax_local:auto` runs the same compiled program as the implementation it picks "
+    "(`native` on a single-device CPU): the gap between those two rows is the run-to-run "
+    "noise of the machine.",
     "Temporary buffers over 32 MiB are freshly mapped by glibc's malloc on every call, so "
-    "every implementation pays page faults on large cases (big56, large); a process can "
-    "avoid that with `MALLOC_MMAP_THRESHOLD_` (not set here).",
-    "XLA:CPU (jax 0.10.2, measured on the 2-core machine) runs a `dot_general` batched over "
-    "positions on one core unless each position's batch is in the thousands. Its executor "
-    "overlaps independent operations only in some programs (a training step ran the two "
-    "backward products side by side; a forward pass split into independent halves ran "
-    "them one after another), so the forward pass, mostly that dot, does not use the "
-    "second core, while TensorFlow's batched matmul (tf_keras implementation "
-    "1) splits positions across cores (measured on big56's shapes: 1.7 cores, 13.7 ms against "
-    "XLA's 1.0 core, ~21 ms).",
+    "every implementation pays page faults on large cases (big56, large); the native kernels "
+    "ask for transparent huge pages on their own large outputs (`madvise`), which halved "
+    "big56's kernel-gradient time on this machine; a process can also avoid fresh mappings "
+    "with `MALLOC_MMAP_THRESHOLD_` (not set here).",
+    "The native kernels split positions across XLA's intra-op thread pool (both cores). "
+    "XLA:CPU (jax 0.10.2) runs the `patches` implementation's `dot_general` batched over "
+    "positions on one core unless each position's batch is in the thousands, and TensorFlow's "
+    "batched matmul (tf_keras implementation 1) splits positions across cores (measured on "
+    "big56's shapes: 1.7 cores, 13.7 ms against XLA's 1.0 core, ~21 ms).",
     "tf_keras rows: TF in its own process, `tf.function` without XLA, timing only (its own "
     "random weights); its compile column is the first (tracing) call. tf_keras has no 3D "
     "layer and no dilation; implementation 1 supports only `valid` padding.",

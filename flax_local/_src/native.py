@@ -153,21 +153,9 @@ def _kernel_grad_cpu(x, dy, *, geometry):
 
 
 def _input_grad_cpu(dy, w, *, geometry):
-    # The kernel runs batch-minor: dy as (P, F, B), dx as (R, C, B). When the
-    # weights are shared, groups join the batch columns.
-    groups, batch, input_rows, channels = _input_grad_abstract(dy, w, geometry=geometry).shape
-    positions, filters = w.shape[1], w.shape[3]
-    columns = groups * batch if w.shape[0] == 1 else batch
-    if w.shape[0] == 1:
-        dyt = jnp.transpose(jnp.broadcast_to(dy, (groups, *dy.shape[1:])), (2, 3, 0, 1))
-        dyt = dyt.reshape(1, positions, filters, columns)
-    else:
-        dyt = jnp.transpose(jnp.broadcast_to(dy, (groups, *dy.shape[1:])), (0, 2, 3, 1))
-    out = jax.ShapeDtypeStruct((dyt.shape[0], input_rows, channels, columns), jnp.float32)
-    dxt = jax.ffi.ffi_call("flax_local_input_grad", out)(dyt, w, jnp.asarray(tap_rows(geometry)))
-    if w.shape[0] == 1:
-        return jnp.transpose(dxt.reshape(input_rows, channels, groups, batch), (2, 3, 0, 1))
-    return jnp.transpose(dxt, (0, 3, 1, 2))
+    out = _input_grad_abstract(dy, w, geometry=geometry)
+    call = jax.ffi.ffi_call("flax_local_input_grad", jax.ShapeDtypeStruct(out.shape, out.dtype))
+    return call(dy, w, jnp.asarray(tap_rows(geometry)))
 
 
 def _reference_patches(x, geometry: Geometry):

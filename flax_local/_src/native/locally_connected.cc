@@ -323,14 +323,14 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
 // ----------------------------------------------------------------------------
 
 struct InputGradArgs {
-  const float* dyt;  // dyt[g, p, 0, b0]
+  const float* dyt;  // dyt[0, b0]: dy[g, :, p, :] transposed to (F, B)
   int64_t batch;     // stride between rows f of dyt, and between (row, c) rows of dxt
   const float* w;    // w[g, p, k0, 0]
   int64_t filters;
   const int32_t* rows;  // rows[p, :]
   int64_t channels;
   int64_t k0;
-  float* dxt;  // dxt[g, 0, 0, b0]
+  float* dxt;  // dxt[0, 0, b0]: a (R, C, B) buffer
   int64_t last_lanes;
 };
 
@@ -465,43 +465,49 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Bu
   return ffi::Error::Success();
 }
 
-// dyt (G, P, F, B), w (G, P, K*C, F) -> dxt (G, R, C, B).
-ffi::Error InputGrad(ffi::Buffer<ffi::F32> dyt, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::S32> rows,
-                     ffi::ResultBuffer<ffi::F32> dxt, ffi::ThreadPool pool) {
-  const auto gd = dyt.dimensions(), wd = w.dimensions(), rd = rows.dimensions(), xd = dxt->dimensions();
+// dy (G, B, P, F), w (G, P, K*C, F) -> dx (G, B, R, C). Each part of the
+// positions runs batch-minor: it copies a position's dy rows transposed to
+// (F, B) (in cache), adds into its own (G, R, C, B) buffer, and the buffers
+// are summed and transposed into dx at the end (positions overlap in dx).
+ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::S32> rows,
+                     ffi::ResultBuffer<ffi::F32> dx, ffi::ThreadPool pool) {
+  const auto gd = dy.dimensions(), wd = w.dimensions(), rd = rows.dimensions(), xd = dx->dimensions();
   if (gd.size() != 4 || wd.size() != 4 || rd.size() != 2 || xd.size() != 4) {
     return ffi::Error::InvalidArgument("lc_input_grad: bad operand ranks");
   }
-  const int64_t groups = xd[0], input_rows = xd[1], channels = xd[2], batch = xd[3];
+  int64_t groups = xd[0], batch = xd[1];
+  const int64_t input_rows = xd[2], channels = xd[3];
   const int64_t positions = wd[1], k_total = wd[2], filters = wd[3], taps = rd[1];
-  if (gd[1] != positions || gd[2] != filters || gd[3] != batch || rd[0] != positions ||
+  if (gd[1] != batch || gd[2] != positions || gd[3] != filters || rd[0] != positions ||
       k_total != taps * channels) {
     return ffi::Error::InvalidArgument("lc_input_grad: operand shapes do not match");
   }
   if (auto e = CheckGroups(groups, {gd[0], wd[0]}); e.failure()) return e;
-  const int64_t g_group = GroupStride(gd[0], positions * filters * batch);
+  const int64_t g_group = GroupStride(gd[0], batch * positions * filters);
   const int64_t w_group = GroupStride(wd[0], positions * k_total * filters);
+  if (groups > 1 && w_group == 0 && g_group != 0) {
+    batch *= groups, groups = 1;  // weights shared by every group: the groups are just more batch rows
+  }
   const int64_t x_size = input_rows * channels * batch;
   const int64_t units = groups * positions;
   const int64_t parts = NumParts(pool, units, units * batch * k_total * filters);
-  const float *g_data = dyt.typed_data(), *w_data = w.typed_data();
+  const float *g_data = dy.typed_data(), *w_data = w.typed_data();
   const int32_t* r_data = rows.typed_data();
-  float* dx_data = dxt->typed_data();
-  // Positions overlap in dx, so each part adds into its own buffer (part 0
-  // into dx itself) and the buffers are summed at the end.
-  const int64_t dx_count = groups * x_size;
-  std::vector<std::unique_ptr<float[]>> partial(parts - 1);
+  std::vector<std::unique_ptr<float[]>> sums(parts);
   ParallelParts(pool, parts, [&](int64_t part) {
-    float* out = dx_data;
-    if (part > 0) {
-      partial[part - 1].reset(new float[dx_count]);
-      out = partial[part - 1].get();
-    }
-    AdviseHugePages(out, dx_count * sizeof(float));
-    std::memset(out, 0, dx_count * sizeof(float));
+    sums[part].reset(new float[groups * x_size]);
+    float* out = sums[part].get();
+    AdviseHugePages(out, groups * x_size * sizeof(float));
+    std::memset(out, 0, groups * x_size * sizeof(float));
+    std::vector<float> dyt(filters * batch);
     for (int64_t u = RangeStart(units, parts, part); u < RangeStart(units, parts, part + 1); ++u) {
       const int64_t g = u / positions, p = u % positions;
-      const InputGradArgs position{g_data + g * g_group + p * filters * batch,
+      const float* dy_p = g_data + g * g_group + p * filters;
+      for (int64_t b = 0; b < batch; ++b) {
+        const float* row = dy_p + b * positions * filters;
+        for (int64_t f = 0; f < filters; ++f) dyt[f * batch + b] = row[f];
+      }
+      const InputGradArgs position{dyt.data(),
                                    batch,
                                    w_data + g * w_group + p * k_total * filters,
                                    filters,
@@ -513,10 +519,25 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dyt, ffi::Buffer<ffi::F32> w, ffi::Bu
       InputGradPosition(position, k_total);
     }
   });
-  for (const auto& buffer : partial) {
-    const float* summand = buffer.get();
-    for (int64_t i = 0; i < dx_count; ++i) dx_data[i] += summand[i];
-  }
+  // dx[g, b, r, c] = sum over parts of sums[part][g, r, c, b], split over (g, r).
+  float* dx_data = dx->typed_data();
+  AdviseHugePages(dx_data, groups * x_size * sizeof(float));
+  const int64_t row_units = groups * input_rows;
+  const int64_t row_parts = NumParts(pool, row_units, groups * x_size * parts * 16);
+  ParallelParts(pool, row_parts, [&](int64_t part) {
+    for (int64_t u = RangeStart(row_units, row_parts, part); u < RangeStart(row_units, row_parts, part + 1); ++u) {
+      const int64_t g = u / input_rows, r = u % input_rows;
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t from = g * x_size + (r * channels + c) * batch;
+        float* to = dx_data + g * x_size + r * channels + c;
+        for (int64_t b = 0; b < batch; ++b) {
+          float total = sums[0][from + b];
+          for (int64_t q = 1; q < parts; ++q) total += sums[q][from + b];
+          to[b * input_rows * channels] = total;
+        }
+      }
+    }
+  });
   return ffi::Error::Success();
 }
 

@@ -1,7 +1,7 @@
 """The ``"native"`` implementation: fused C++ kernels on CPU, as JAX primitives.
 
 The layer is three products, each a small matrix product per output position
-whose rows are gathered from the input on the fly (``native/locally_connected.cc``):
+whose rows are gathered from the input on the fly (``native_kernels/locally_connected.cc``):
 
 * ``forward(x, w, bias)``: ``y[g, b, p, f] = bias[g, p, f] + sum_k x[g, b,
   row(p, k), c(k)] * w[g, p, k, f]``;

@@ -1,11 +1,12 @@
-"""Builds and registers the native CPU kernels (``native/locally_connected.cc``).
+"""Builds and registers the native CPU kernels (``native_kernels/locally_connected.cc``).
 
 The kernels are C++ behind XLA's FFI, compiled on first use for the machine
 they run on (``-O3 -march=native``) with the C++ compiler found as ``$CXX`` or
 ``c++``, against the FFI headers that jaxlib ships. The shared library is
 cached under ``$FLAX_LOCAL_CACHE_DIR`` (default ``~/.cache/flax_local``), named
-by a hash of the source, the flags, the compiler and jaxlib's version, so a
-later process loads it in milliseconds and an upgrade rebuilds it.
+by a hash of the source, the flags, the compiler, jaxlib's version and the
+CPU's instruction-set flags, so a later process loads it in milliseconds, and
+an upgrade, or a home directory shared with another kind of CPU, rebuilds it.
 
 Where no compiler works, or ``FLAX_LOCAL_NATIVE=0`` is set, the kernels are
 unavailable: ``implementation="auto"`` then uses ``"patches"`` and asking for
@@ -18,6 +19,7 @@ import ctypes
 import hashlib
 import os
 import pathlib
+import platform
 import shlex
 import shutil
 import subprocess
@@ -27,7 +29,7 @@ import threading
 import jax
 import jaxlib
 
-SOURCE = pathlib.Path(__file__).with_name("native") / "locally_connected.cc"
+SOURCE = pathlib.Path(__file__).with_name("native_kernels") / "locally_connected.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {
     "flax_local_forward": "FlaxLocalForward",
@@ -75,17 +77,21 @@ def _compiler() -> list[str]:
     return command
 
 
+def _cpu_features() -> str:
+    """The CPU's instruction-set flags: a library built with -march=native must not move to another CPU."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
 def _library_path(compiler: list[str]) -> pathlib.Path:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256()
-    for part in (
-        SOURCE.read_bytes(),
-        " ".join(FLAGS).encode(),
-        version.encode(),
-        jaxlib.__version__.encode(),
-    ):
-        key.update(part)
+    key = hashlib.sha256(SOURCE.read_bytes())
+    for part in (" ".join(FLAGS), version, jaxlib.__version__, platform.machine(), _cpu_features()):
         key.update(b"\0")
+        key.update(part.encode())
     return cache_dir() / f"locally_connected_{key.hexdigest()[:16]}.so"
 
 

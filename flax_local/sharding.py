@@ -32,7 +32,8 @@ Notes:
     axis size; ``state_shardings`` raises otherwise (or, with
     ``indivisible="replicate"``, leaves that layer's positions whole).
   * With ``logical_partitioning=True``, ``implementation="auto"`` means
-    ``"patches"``: ``"dense"`` would build its whole matrix on every device.
+    ``"patches"``: ``"dense"`` would build its whole matrix on every device,
+    and ``"native"`` is a custom call that XLA can only replicate.
   * Meshes with ``Auto`` axes (as below) let XLA propagate the shardings given
     to ``jit``, including into ``model.init``, which then creates each shard
     on its device. The layers also run on ``Explicit`` meshes (the default of

@@ -142,7 +142,9 @@ class LocallyConnected(nn.Module):
         data_format = arguments.check_data_format(self.data_format)
         implementation = arguments.check_implementation(self.implementation)
         if implementation == "auto" and self.logical_partitioning:
-            implementation = "patches"  # partitions by position; "dense" builds its matrix whole
+            # "patches" partitions by position; "dense" builds its matrix whole
+            # and XLA can only replicate "native"'s custom calls.
+            implementation = "patches"
         activation = get_activation(self.activation)
         kernel_init = get_initializer(self.kernel_initializer, "kernel_initializer")
         bias_init = get_initializer(self.bias_initializer, "bias_initializer")

@@ -21,8 +21,9 @@ input: measured on 2 cores (float32, forward and training step), dense was 2x
 slower than patches already at wasted work 4 (a 0.56 MiB matrix) and at 4 MiB,
 and at best level with it at wasted work <= 3 below 256 KiB, where the native
 kernels are level with both (tens of microseconds). Hence the CPU limits of 256
-KiB and 3. Above that ``"native"`` ran the forward pass 3-9x and the training
-step 1.3-3x faster than ``"patches"`` (``benchmarks/RESULTS.md``).
+KiB and 3. Above that ``"native"`` ran the forward pass 2-6x and the training
+step 1.2-3x faster than ``"patches"`` on every benchmark case
+(``benchmarks/RESULTS.md``).
 
 With several devices ``"patches"`` stays the choice: XLA's SPMD partitioner
 splits its per-position products across a mesh (``flax_local.sharding``),

@@ -17,8 +17,8 @@ Padding never exists in memory: taps in it have row -1 and are skipped.
 The three are bilinear and closed under differentiation: each one's JVP is
 made of the others, and so is each one's transpose. So ``jit``, ``grad``,
 ``jvp``, ``vmap`` and every higher order of them work, with every derivative
-running through the same fused kernels (no patches array, no fold, no
-layout copies). The CPU lowering calls the FFI targets built by
+running through the same fused kernels (no patches array in memory, no fold:
+a position's window is gathered into cache, or read in place). The CPU lowering calls the FFI targets built by
 ``native_build``; other platforms lower to a gather-and-einsum formulation of
 the same products, so a program using them still runs anywhere.
 

@@ -26,7 +26,7 @@ import pytest
 from flax_local._src import native, native_build
 from flax_local._src.geometry import make_geometry
 from flax_local.functional import locally_connected
-from tests.reference import reference_locally_connected
+from tests.reference import reference_locally_connected, resolve_padding
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("FLAX_LOCAL_NATIVE") == "0", reason="native kernels disabled by FLAX_LOCAL_NATIVE=0"
@@ -69,8 +69,6 @@ def _arrays(shape, seed, dtype=np.float32):
 
 def _pairs(shape):
     input_spatial, kernel_size, strides, dilation, padding = shape[:5]
-    from tests.reference import resolve_padding
-
     return resolve_padding(padding, input_spatial, kernel_size, strides, dilation)
 
 
@@ -218,9 +216,15 @@ def test_half_precision_and_float64():
     shape = SHAPES[3]
     x, kernel, bias = _arrays(shape, 8)
     layer = _layer(shape, "native")
-    for dtype in (jnp.bfloat16, jnp.float16):
-        y = layer(*(jnp.asarray(a, dtype) for a in (x, kernel, bias)))
+    _, _, strides, dilation, padding = shape[:5]
+    for dtype, rtol in ((jnp.bfloat16, 2e-2), (jnp.float16, 2e-3)):
+        args = [jnp.asarray(a, dtype) for a in (x, kernel, bias)]
+        y = layer(*args)
         assert y.dtype == dtype
+        exact = reference_locally_connected(
+            *(np.asarray(a, np.float64) for a in args), strides=strides, padding=padding, dilation=dilation
+        )
+        _close(y, exact, rtol=rtol)
     with jax.enable_x64(True):
         x64 = jnp.asarray(x, jnp.float64)
         with pytest.raises(ValueError, match=r"implementation='native'.*got float64.*'patches'"):

@@ -188,7 +188,7 @@ struct ForwardArgs {
   const int32_t* rows;  // rows[p, :]
   int64_t taps, channels;
   const float* w;     // w[g, p, 0, f0]
-  int64_t filters;    // stride between rows k of w, and between batch rows of y... per position
+  int64_t filters;    // F: the stride between rows k of w
   const float* bias;  // bias[g, p, f0]
   float* y;           // y[g, b0, p, f0]
   int64_t y_batch;    // stride between batch rows of y

@@ -1,7 +1,8 @@
 """Builds and registers the native CPU kernels (``native_kernels/locally_connected.cc``).
 
 The kernels are C++ behind XLA's FFI, compiled on first use for the machine
-they run on (``-O3 -march=native``) with the C++ compiler found as ``$CXX`` or
+they run on (``-O3 -march=native``, or the flag in ``$FLAX_LOCAL_NATIVE_ARCH``,
+e.g. ``-march=x86-64-v3`` for a library shared by several machines) with the C++ compiler found as ``$CXX`` or
 ``c++``, against the FFI headers that jaxlib ships. The shared library is
 cached under ``$FLAX_LOCAL_CACHE_DIR`` (default ``~/.cache/flax_local``), named
 by a hash of the source, the flags, the compiler, jaxlib's version and the
@@ -30,7 +31,13 @@ import jax
 import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("native_kernels") / "locally_connected.cc"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+FLAGS = (
+    "-O3",
+    os.environ.get("FLAX_LOCAL_NATIVE_ARCH", "-march=native"),
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+)
 TARGETS = {
     "flax_local_forward": "FlaxLocalForward",
     "flax_local_kernel_grad": "FlaxLocalKernelGrad",

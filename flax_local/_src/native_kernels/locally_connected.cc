@@ -68,7 +68,13 @@ inline Vec LoadLanes(const float* p, int64_t count) {
   std::memcpy(&v, p, count * sizeof(float));
   return v;
 }
-inline void Store(float* p, Vec v, int64_t count) { std::memcpy(p, &v, count * sizeof(float)); }
+inline void Store(float* p, Vec v, int64_t count) {
+  if (count == kLanes) {
+    std::memcpy(p, &v, sizeof(Vec));
+  } else {
+    std::memcpy(p, &v, count * sizeof(float));
+  }
+}
 #endif
 
 inline void AddStore(float* p, Vec v, int64_t count) { Store(p, LoadLanes(p, count) + v, count); }

@@ -315,17 +315,19 @@ _PORTABLE_CHECK = """
 import jax, jax.numpy as jnp, numpy as np
 from flax_local.functional import locally_connected
 rng = np.random.default_rng(0)
-x = rng.normal(size=(19, 9, 7, 5)).astype(np.float32)
-kernel = rng.normal(size=(5, 7, 3, 3, 5, 21)).astype(np.float32)
-bias = rng.normal(size=(5, 7, 21)).astype(np.float32)
 def loss(implementation):
     return lambda x, k, b: jnp.sum(jnp.sin(locally_connected(
         x, k, b, strides=(2, 1), padding="same", implementation=implementation,
         precision=jax.lax.Precision.HIGHEST)))
-got = jax.jit(jax.value_and_grad(loss("native"), argnums=(0, 1, 2)))(x, kernel, bias)
-want = jax.value_and_grad(loss("patches"), argnums=(0, 1, 2))(x, kernel, bias)
-for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+# Full and partial 16-lane vectors; then half vectors (batch and filters <= 8).
+for batch, filters in ((19, 21), (6, 5)):
+    x = rng.normal(size=(batch, 9, 7, 5)).astype(np.float32)
+    kernel = rng.normal(size=(5, 7, 3, 3, 5, filters)).astype(np.float32)
+    bias = rng.normal(size=(5, 7, filters)).astype(np.float32)
+    got = jax.jit(jax.value_and_grad(loss("native"), argnums=(0, 1, 2)))(x, kernel, bias)
+    want = jax.value_and_grad(loss("patches"), argnums=(0, 1, 2))(x, kernel, bias)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
 print("portable ok")
 """
 

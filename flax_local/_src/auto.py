@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from flax_local._src import native_build
 from flax_local._src.dense import dense_matrix_bytes
 from flax_local._src.geometry import Geometry
-from flax_local._src.native import SUPPORTED_DTYPES
+from flax_local._src.native import supports_dtype
 
 DENSE_MAX_BYTES = {"cpu": 256 << 10, "gpu": 64 << 20, "tpu": 64 << 20}
 DENSE_MAX_WASTE = {"cpu": 3.0, "gpu": 16.0, "tpu": 16.0}
@@ -112,7 +112,7 @@ def choose_implementation(
     )
     if size <= dense_limit and waste <= DENSE_MAX_WASTE[backend]:
         return "dense"
-    if backend == "cpu" and jnp.dtype(dtype) in [jnp.dtype(d) for d in SUPPORTED_DTYPES]:
+    if backend == "cpu" and supports_dtype(dtype):
         if native_usable() if native is None else native:
             return "native"
     return "patches"

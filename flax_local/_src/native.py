@@ -42,6 +42,11 @@ from flax_local._src.geometry import Geometry
 SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
+def supports_dtype(dtype) -> bool:
+    """Whether the native kernels take layers of ``dtype`` (computed in float32)."""
+    return jnp.dtype(dtype) in [jnp.dtype(d) for d in SUPPORTED_DTYPES]
+
+
 @functools.lru_cache(maxsize=256)
 def tap_rows(geometry: Geometry) -> np.ndarray:
     """Input row read by each (position, window offset), -1 for padding: int32 ``(P, window_volume)``."""
@@ -226,12 +231,12 @@ def _forward_jvp(primals, tangents, *, geometry, has_bias):
 
 
 def _forward_transpose(ct, x, w, *bias, geometry, has_bias):
-    if ad.is_undefined_primal(x):
-        if ad.is_undefined_primal(w) or has_bias:
-            raise ValueError("flax_local_forward is not linear in x and (w, bias) together")
-        return [_fit_groups(input_grad(ad.instantiate_zeros(ct), w, geometry), x.aval.shape[0]), None]
+    if ad.is_undefined_primal(x) and (ad.is_undefined_primal(w) or has_bias):
+        raise ValueError("flax_local_forward is not linear in x and (w, bias) together")
     if _is_zero(ct):
-        return [None, *(ad.Zero(a.aval) if ad.is_undefined_primal(a) else None for a in (w, *bias))]
+        return [ad.Zero(a.aval) if ad.is_undefined_primal(a) else None for a in (x, w, *bias)]
+    if ad.is_undefined_primal(x):
+        return [_fit_groups(input_grad(ct, w, geometry), x.aval.shape[0]), None]
     dw, db = kernel_grad(x, ct, geometry)
     result = [None, _fit_groups(dw, w.aval.shape[0]) if ad.is_undefined_primal(w) else None]
     if has_bias:
@@ -368,7 +373,7 @@ def apply_native(
       (2, 4, 4, 5)
     """
     dtype = jnp.dtype(x.dtype)
-    if dtype not in [jnp.dtype(d) for d in SUPPORTED_DTYPES]:
+    if not supports_dtype(dtype):
         raise ValueError(
             f"implementation='native' computes in float32 and accepts float32, bfloat16 or "
             f"float16 inputs, got {dtype}; use implementation='patches' for other dtypes."

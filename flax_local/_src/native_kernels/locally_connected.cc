@@ -13,7 +13,8 @@
 // shared by every group. Each product is a small matrix product per position
 // whose rows are gathered from x on the fly (no patches array is built), run
 // over positions on XLA's intra-op thread pool, with register-blocked tiles of
-// 16-float vectors along the output's contiguous axis. Compiled by
+// 16-float vectors (8-float where a tile has at most 8 columns) along the
+// output's contiguous axis. Compiled by
 // flax_local/_src/native_build.py with the host's -march.
 
 #include <algorithm>
@@ -134,7 +135,9 @@ void AdviseHugePages(void* data, int64_t bytes) {
   if (bytes < static_cast<int64_t>(4 * kHugePage)) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
+#ifdef MADV_HUGEPAGE  // Linux only
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
 }
 
 // Splits [0, n) into `parts` nearly equal ranges.
@@ -631,8 +634,10 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Buf
   // dx[g, b, r, c] = sum over parts of sums[part][g, r, c, b], split over (g, r).
   float* dx_data = dx->typed_data();
   AdviseHugePages(dx_data, groups * x_size * sizeof(float));
+  // A few operations per element summed: weigh each like a multiply-add tile row.
+  constexpr int64_t kWorkPerSummedElement = 16;
   const int64_t row_units = groups * input_rows;
-  const int64_t row_parts = NumParts(pool, row_units, groups * x_size * parts * 16);
+  const int64_t row_parts = NumParts(pool, row_units, groups * x_size * parts * kWorkPerSummedElement);
   ParallelParts(pool, row_parts, [&](int64_t part) {
     for (int64_t u = RangeStart(row_units, row_parts, part); u < RangeStart(row_units, row_parts, part + 1); ++u) {
       const int64_t g = u / input_rows, r = u % input_rows;

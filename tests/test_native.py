@@ -147,9 +147,14 @@ def test_only_the_needed_kernels_run():
     assert "flax_local_input_grad" in text and "flax_local_kernel_grad" not in text
 
 
-def test_batching_rules():
+# Enough work per group for the kernels to split it between threads (each
+# group's input gradient then sums two bands of the image).
+SPLIT_SHAPE = ((10, 10), (3, 3), (1, 1), (1, 1), "valid", 8, 8, 16)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[6], SPLIT_SHAPE], ids=["small", "split"])
+def test_batching_rules(shape):
     """vmap over inputs, over parameters, over both, nested, and of gradients."""
-    shape = SHAPES[6]
     x, kernel, bias = _arrays(shape, 4)
     rng = np.random.default_rng(5)
     xs = rng.normal(size=(3, *x.shape)).astype(np.float32)

@@ -207,8 +207,26 @@ def test_reference_lowering_matches_the_kernels():
             native._forward_reference(x4, w4, b3, geometry=geometry, has_bias=True),
         ),
         (native.input_grad(dy, w4, geometry), native._input_grad_reference(dy, w4, geometry=geometry)),
-        *zip(native.kernel_grad(x4, dy, geometry), native._kernel_grad_reference(x4, dy, geometry=geometry)),
+        *zip(
+            native.kernel_grad(x4, dy, geometry),
+            native._kernel_grad_reference(x4, dy, geometry=geometry, weight_dtype=jnp.float32),
+        ),
     ]
+    w16 = w4.astype(jnp.bfloat16)  # bfloat16 weights, as the kernels take them
+    pairs += [
+        (
+            native.forward(x4, w16, None, geometry),
+            native._forward_reference(x4, w16, geometry=geometry, has_bias=False),
+        ),
+        (native.input_grad(dy, w16, geometry), native._input_grad_reference(dy, w16, geometry=geometry)),
+    ]
+    dw16 = native._kernel_grad_reference(x4, dy, geometry=geometry, weight_dtype=jnp.bfloat16)[0]
+    assert dw16.dtype == jnp.bfloat16
+    _close(
+        dw16.astype(jnp.float32),
+        native.kernel_grad(x4, dy, geometry, jnp.bfloat16)[0].astype(jnp.float32),
+        rtol=1e-2,
+    )
     for got, want in pairs:
         _close(got, want)
     # And the lowering for an accelerator uses it: no custom call in the module.
@@ -234,6 +252,56 @@ def test_half_precision_and_float64():
         x64 = jnp.asarray(x, jnp.float64)
         with pytest.raises(ValueError, match=r"implementation='native'.*got float64.*'patches'"):
             layer(x64, jnp.asarray(kernel, jnp.float64), jnp.asarray(bias, jnp.float64))
+
+
+@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[5]], ids=["split", "tails"])
+def test_bfloat16_weights_are_read_and_written_as_bfloat16(shape):
+    """bfloat16 weights: the same float32 arithmetic, and the kernel gradient rounded as XLA rounds.
+
+    Each product with bfloat16 weights must equal the float32 product on the
+    widened weights bit for bit (dw: then rounded to nearest even), including
+    ties, infinities and NaN; and a bfloat16 layer's training step passes its
+    kernel to the kernels without a float32 copy.
+    """
+    native_build.ensure_loaded()
+    x, kernel, bias = _arrays(shape, 11)
+    geometry = make_geometry(shape[0], shape[1], shape[2], _pairs(shape), shape[3])
+    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
+    positions, rows = geometry.num_positions, int(np.prod(geometry.input_spatial))
+    rng = np.random.default_rng(12)
+    x4 = jnp.asarray(x.reshape(1, batch, rows, channels))
+    w16 = jnp.asarray(kernel.reshape(1, positions, -1, filters), jnp.bfloat16)
+    dy = jnp.asarray(rng.normal(size=(1, batch, positions, filters)), jnp.float32)
+    dy = dy.at[0, 0, 0, :2].set(jnp.asarray([np.inf, np.nan], jnp.float32))  # dw gets inf and NaN
+    y16 = native.forward(x4, w16, None, geometry)
+    y32 = native.forward(x4, w16.astype(jnp.float32), None, geometry)
+    np.testing.assert_array_equal(y16, y32)
+    dx16 = native.input_grad(dy, w16, geometry)
+    np.testing.assert_array_equal(dx16, native.input_grad(dy, w16.astype(jnp.float32), geometry))
+    dw16, db16 = native.kernel_grad(x4, dy, geometry, jnp.bfloat16)
+    dw32, db32 = native.kernel_grad(x4, dy, geometry, jnp.float32)
+    assert dw16.dtype == jnp.bfloat16 and db16.dtype == jnp.float32
+    assert np.isnan(np.asarray(dw32)).any() and np.isinf(np.asarray(dw32)).any()
+    np.testing.assert_array_equal(
+        np.asarray(dw16, np.float32), np.asarray(dw32.astype(jnp.bfloat16), np.float32)
+    )
+    np.testing.assert_array_equal(db16, db32)
+    # Ties: with x = 1 in example 0 and 0 elsewhere, dw[p, k] = dy[0, p] where tap k is inside.
+    ties = jnp.asarray([1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), 1 + 2.0**-8 + 2.0**-20], jnp.float32)
+    rounded = np.asarray([1.0, 1 + 2.0**-6, -1.0, 1 + 2.0**-7], np.float32)
+    dy_ties = jnp.zeros_like(dy).at[0, 0, :, : len(ties)].set(jnp.broadcast_to(ties, (positions, len(ties))))
+    x_ties = jnp.zeros_like(x4).at[0, 0].set(1.0)
+    dw_ties = np.asarray(native.kernel_grad(x_ties, dy_ties, geometry, jnp.bfloat16)[0], np.float32)
+    inside = np.repeat(native.tap_rows(geometry) >= 0, channels, axis=1)  # (P, K*C)
+    np.testing.assert_array_equal(
+        dw_ties[0][inside][:, : len(ties)], np.broadcast_to(rounded, (inside.sum(), 4))
+    )
+
+    args = [jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, bias)]
+    text = jax.jit(jax.grad(_loss(_layer(shape, "native")), argnums=(0, 1))).lower(*args).compile().as_text()
+    assert "flax_local_kernel_grad_bf16" in text and "flax_local_input_grad_bf16" in text
+    float32_kernel = f"f32[1,{positions},{w16.shape[2]},{filters}]"
+    assert float32_kernel not in text, "a float32 copy of the kernel (or of its gradient) was made"
 
 
 def test_concurrent_calls_from_threads():
@@ -333,6 +401,18 @@ for batch, filters in ((19, 21), (6, 5)):
     want = jax.value_and_grad(loss("patches"), argnums=(0, 1, 2))(x, kernel, bias)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+# bfloat16 weights (scalar widening and rounding): the float32 kernel gradient, rounded.
+from flax_local._src import native
+from flax_local._src.geometry import make_geometry
+g = make_geometry((9, 7), (3, 3), (1, 1), "valid", (1, 1))
+x = jnp.asarray(rng.normal(size=(1, 6, 63, 5)), jnp.float32)
+dy = jnp.asarray(rng.normal(size=(1, 6, 35, 21)), jnp.float32).at[0, 0, 0, :2].set(jnp.asarray([3e38, -3e38]))
+dw16 = native.kernel_grad(x, dy, g, jnp.bfloat16)[0]
+dw32 = native.kernel_grad(x, dy, g, jnp.float32)[0]
+np.testing.assert_array_equal(np.asarray(dw16, np.float32), np.asarray(dw32.astype(jnp.bfloat16), np.float32))
+w16 = dw32.astype(jnp.bfloat16)
+w16 = jnp.where(jnp.isfinite(w16), w16, 0)
+np.testing.assert_array_equal(native.forward(x, w16, None, g), native.forward(x, w16.astype(jnp.float32), None, g))
 print("portable ok")
 """
 

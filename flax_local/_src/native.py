@@ -23,7 +23,11 @@ a position's window is gathered into cache, or read in place). The CPU lowering 
 the same products, so a program using them still runs anywhere.
 
 The kernels compute in float32 with fused multiply-adds; ``precision`` has no
-effect. Half-precision layers are converted to float32 around them.
+effect. The weights ``w`` (and so ``dw``) may be float32 or bfloat16: bfloat16
+weights are widened in cache position by position and their gradient rounded
+to bfloat16 as it is written, so a bfloat16 layer never holds a float32 copy
+of its kernel. Other operands are float32 (float16 layers are converted
+around the kernels).
 """
 
 from __future__ import annotations
@@ -66,12 +70,17 @@ def _fit_groups(value: jax.Array, groups: int) -> jax.Array:
     if value.shape[0] == groups:
         return value
     if groups == 1:
-        return value.sum(axis=0, keepdims=True)
+        return value.sum(axis=0, keepdims=True, dtype=jnp.float32).astype(value.dtype)
     return jnp.broadcast_to(value, (groups, *value.shape[1:]))
 
 
 def _is_zero(tangent) -> bool:
     return type(tangent) is ad.Zero
+
+
+def _dtype(operand):
+    """The dtype of a primal operand, known or (in a transpose rule) undefined."""
+    return operand.aval.dtype if ad.is_undefined_primal(operand) else operand.dtype
 
 
 # ----------------------------------------------------------------------------
@@ -90,9 +99,12 @@ def forward(x, w, bias, geometry: Geometry):
     return forward_p.bind(*operands, geometry=geometry, has_bias=bias is not None)
 
 
-def kernel_grad(x, dy, geometry: Geometry):
-    """``(dw (G, P, K*C, F), db (G, P, F))`` from ``x (G, B, R, C)`` and ``dy (G, B, P, F)``."""
-    return kernel_grad_p.bind(x, dy, geometry=geometry)
+def kernel_grad(x, dy, geometry: Geometry, weight_dtype=jnp.float32):
+    """``(dw (G, P, K*C, F), db (G, P, F))`` from ``x (G, B, R, C)`` and ``dy (G, B, P, F)``.
+
+    ``dw`` has ``weight_dtype`` (float32 or bfloat16, the weights' dtype); ``db`` is float32.
+    """
+    return kernel_grad_p.bind(x, dy, geometry=geometry, weight_dtype=jnp.dtype(weight_dtype))
 
 
 def input_grad(dy, w, geometry: Geometry):
@@ -105,11 +117,11 @@ def _forward_abstract(x, w, *bias, geometry, has_bias):
     return jax.core.ShapedArray((groups, x.shape[1], w.shape[1], w.shape[3]), jnp.float32)
 
 
-def _kernel_grad_abstract(x, dy, *, geometry):
+def _kernel_grad_abstract(x, dy, *, geometry, weight_dtype):
     groups = _group_count(x.shape, dy.shape)
     positions, filters = dy.shape[2], dy.shape[3]
     return (
-        jax.core.ShapedArray((groups, positions, geometry.window_volume * x.shape[3], filters), jnp.float32),
+        jax.core.ShapedArray((groups, positions, geometry.window_volume * x.shape[3], filters), weight_dtype),
         jax.core.ShapedArray((groups, positions, filters), jnp.float32),
     )
 
@@ -144,22 +156,30 @@ for _primitive in (forward_p, kernel_grad_p, input_grad_p):
 # ----------------------------------------------------------------------------
 
 
+def _target(name: str, weight_dtype) -> str:
+    """The FFI target of kernel ``name`` for weights of ``weight_dtype``."""
+    return f"flax_local_{name}_bf16" if jnp.dtype(weight_dtype) == jnp.bfloat16 else f"flax_local_{name}"
+
+
 def _forward_cpu(x, w, *bias, geometry, has_bias):
     out = _forward_abstract(x, w, *bias, geometry=geometry, has_bias=has_bias)
     if not has_bias:
         bias = (jnp.zeros((1, w.shape[1], w.shape[3]), jnp.float32),)
-    call = jax.ffi.ffi_call("flax_local_forward", jax.ShapeDtypeStruct(out.shape, out.dtype))
+    call = jax.ffi.ffi_call(_target("forward", w.dtype), jax.ShapeDtypeStruct(out.shape, out.dtype))
     return call(x, w, bias[0], jnp.asarray(tap_rows(geometry)))
 
 
-def _kernel_grad_cpu(x, dy, *, geometry):
-    outs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in _kernel_grad_abstract(x, dy, geometry=geometry)]
-    return jax.ffi.ffi_call("flax_local_kernel_grad", outs)(x, dy, jnp.asarray(tap_rows(geometry)))
+def _kernel_grad_cpu(x, dy, *, geometry, weight_dtype):
+    abstract = _kernel_grad_abstract(x, dy, geometry=geometry, weight_dtype=weight_dtype)
+    outs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in abstract]
+    return jax.ffi.ffi_call(_target("kernel_grad", weight_dtype), outs)(
+        x, dy, jnp.asarray(tap_rows(geometry))
+    )
 
 
 def _input_grad_cpu(dy, w, *, geometry):
     out = _input_grad_abstract(dy, w, geometry=geometry)
-    call = jax.ffi.ffi_call("flax_local_input_grad", jax.ShapeDtypeStruct(out.shape, out.dtype))
+    call = jax.ffi.ffi_call(_target("input_grad", w.dtype), jax.ShapeDtypeStruct(out.shape, out.dtype))
     return call(dy, w, jnp.asarray(tap_rows(geometry)))
 
 
@@ -177,22 +197,27 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def _forward_reference(x, w, *bias, geometry, has_bias):
     groups = _group_count(x.shape, w.shape, *(b.shape for b in bias))
     patches = _fit_groups(_reference_patches(x, geometry), groups)
-    y = jnp.einsum("gbpk,gpkf->gbpf", patches, _fit_groups(w, groups), precision=_HIGHEST)
+    w = _fit_groups(w.astype(jnp.float32), groups)
+    y = jnp.einsum("gbpk,gpkf->gbpf", patches, w, precision=_HIGHEST)
     return y + bias[0][:, None] if has_bias else y
 
 
-def _kernel_grad_reference(x, dy, *, geometry):
+def _kernel_grad_reference(x, dy, *, geometry, weight_dtype):
     groups = _group_count(x.shape, dy.shape)
     patches = _fit_groups(_reference_patches(x, geometry), groups)
     dy = _fit_groups(dy, groups)
-    return [jnp.einsum("gbpk,gbpf->gpkf", patches, dy, precision=_HIGHEST), dy.sum(axis=1)]
+    dw = jnp.einsum("gbpk,gbpf->gpkf", patches, dy, precision=_HIGHEST)
+    return [dw.astype(weight_dtype), dy.sum(axis=1)]
 
 
 def _input_grad_reference(dy, w, *, geometry):
     out = _input_grad_abstract(dy, w, geometry=geometry)
     groups, batch, input_rows, channels = out.shape
     d_patches = jnp.einsum(
-        "gbpf,gpkf->gbpk", _fit_groups(dy, groups), _fit_groups(w, groups), precision=_HIGHEST
+        "gbpf,gpkf->gbpk",
+        _fit_groups(dy, groups),
+        _fit_groups(w.astype(jnp.float32), groups),
+        precision=_HIGHEST,
     )
     rows = tap_rows(geometry)
     d_patches = d_patches.reshape(groups, batch, *rows.shape, channels)
@@ -237,28 +262,28 @@ def _forward_transpose(ct, x, w, *bias, geometry, has_bias):
         return [ad.Zero(a.aval) if ad.is_undefined_primal(a) else None for a in (x, w, *bias)]
     if ad.is_undefined_primal(x):
         return [_fit_groups(input_grad(ct, w, geometry), x.aval.shape[0]), None]
-    dw, db = kernel_grad(x, ct, geometry)
+    dw, db = kernel_grad(x, ct, geometry, _dtype(w))
     result = [None, _fit_groups(dw, w.aval.shape[0]) if ad.is_undefined_primal(w) else None]
     if has_bias:
         result.append(_fit_groups(db, bias[0].aval.shape[0]) if ad.is_undefined_primal(bias[0]) else None)
     return result
 
 
-def _kernel_grad_jvp(primals, tangents, *, geometry):
+def _kernel_grad_jvp(primals, tangents, *, geometry, weight_dtype):
     x, dy = primals
     x_dot, dy_dot = tangents
-    dw, db = kernel_grad(x, dy, geometry)
+    dw, db = kernel_grad(x, dy, geometry, weight_dtype)
     dw_terms, db_dot = [], jnp.zeros_like(db)
     if not _is_zero(x_dot):
-        dw_terms.append(kernel_grad(x_dot, dy, geometry)[0])
+        dw_terms.append(kernel_grad(x_dot, dy, geometry, weight_dtype)[0])
     if not _is_zero(dy_dot):
-        dw_from_dy, db_dot = kernel_grad(x, dy_dot, geometry)
+        dw_from_dy, db_dot = kernel_grad(x, dy_dot, geometry, weight_dtype)
         dw_terms.append(dw_from_dy)
     dw_dot = functools.reduce(jnp.add, dw_terms) if dw_terms else jnp.zeros_like(dw)
     return [dw, db], [jnp.broadcast_to(dw_dot, dw.shape), jnp.broadcast_to(db_dot, db.shape)]
 
 
-def _kernel_grad_transpose(cts, x, dy, *, geometry):
+def _kernel_grad_transpose(cts, x, dy, *, geometry, weight_dtype):
     ct_dw, ct_db = cts
     result = [None, None]
     if ad.is_undefined_primal(x) and not _is_zero(ct_dw):
@@ -299,7 +324,7 @@ def _input_grad_transpose(ct, dy, w, *, geometry):
         return [ad.Zero(a.aval) if ad.is_undefined_primal(a) else None for a in (dy, w)]
     if ad.is_undefined_primal(dy):
         return [_fit_groups(forward(ct, w, None, geometry), dy.aval.shape[0]), None]
-    return [None, _fit_groups(kernel_grad(ct, dy, geometry)[0], w.aval.shape[0])]
+    return [None, _fit_groups(kernel_grad(ct, dy, geometry, w.aval.dtype)[0], w.aval.shape[0])]
 
 
 ad.primitive_jvps[forward_p] = _forward_jvp
@@ -382,9 +407,11 @@ def apply_native(
         native_build.ensure_loaded()
     batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
     positions = geometry.num_positions
+    # bfloat16 weights go to the kernels as they are (no float32 copy).
+    weight_dtype = jnp.bfloat16 if kernel.dtype == jnp.bfloat16 else jnp.float32
     y = forward(
         x.astype(jnp.float32).reshape(1, batch, int(np.prod(geometry.input_spatial)), channels),
-        kernel.astype(jnp.float32).reshape(1, positions, geometry.window_volume * channels, filters),
+        kernel.astype(weight_dtype).reshape(1, positions, geometry.window_volume * channels, filters),
         None if bias is None else bias.astype(jnp.float32).reshape(1, positions, filters),
         geometry,
     )

@@ -42,8 +42,11 @@ TARGETS = {
     "flax_local_forward": "FlaxLocalForward",
     "flax_local_kernel_grad": "FlaxLocalKernelGrad",
     "flax_local_input_grad": "FlaxLocalInputGrad",
+    "flax_local_forward_bf16": "FlaxLocalForwardBf16",
+    "flax_local_kernel_grad_bf16": "FlaxLocalKernelGradBf16",
+    "flax_local_input_grad_bf16": "FlaxLocalInputGradBf16",
 }
-"""FFI target name -> exported handler symbol."""
+"""FFI target name -> exported handler symbol (``_bf16``: bfloat16 weights)."""
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}

@@ -158,6 +158,76 @@ inline void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_
 #endif
 }
 
+// ----------------------------------------------------------------------------
+// Weights stored as bfloat16 (the top 16 bits of a float32, held as uint16_t):
+// the kernels widen one position's weights into float32 scratch in cache
+// before its tiles run, and narrow a position's kernel gradient from float32
+// scratch, rounding to nearest even as XLA's convert does; the tiles
+// themselves always see float32.
+// ----------------------------------------------------------------------------
+
+using Bf16 = uint16_t;
+
+inline float Bf16ToFloat(Bf16 h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline Bf16 FloatToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<Bf16>((bits >> 16) | 0x40u);  // a quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<Bf16>(bits >> 16);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define FLAX_LOCAL_VECTOR_BF16 1
+#endif
+
+// dst[i] = float(src[i]) for i < n.
+void Widen(const Bf16* src, int64_t n, float* dst) {
+  int64_t i = 0;
+#ifdef FLAX_LOCAL_VECTOR_BF16
+  for (; i < n; i += kLanes) {
+    const __mmask16 mask = LaneMask(std::min<int64_t>(kLanes, n - i));
+    const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src + i)), 16);
+    _mm512_mask_storeu_ps(dst + i, mask, _mm512_castsi512_ps(wide));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
+}
+
+// dst[i] = bfloat16(src[i]) for i < n, rounded to nearest even.
+void Narrow(const float* src, int64_t n, Bf16* dst) {
+  int64_t i = 0;
+#ifdef FLAX_LOCAL_VECTOR_BF16
+  const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), infinity = _mm512_set1_epi32(0x7f800000);
+  const __m512i quiet = _mm512_set1_epi32(0x400000);
+  for (; i < n; i += kLanes) {
+    const __mmask16 mask = LaneMask(std::min<int64_t>(kLanes, n - i));
+    const __m512i bits = _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, src + i));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(half, odd));
+    const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(bits, magnitude), infinity);
+    rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, quiet));
+    _mm256_mask_storeu_epi16(dst + i, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = FloatToBf16(src[i]);
+}
+
+// A position's weights as float32: in place, or widened into scratch.
+inline const float* WeightsAsFloat(const float* w, int64_t, std::vector<float>&) { return w; }
+inline const float* WeightsAsFloat(const Bf16* w, int64_t n, std::vector<float>& scratch) {
+  scratch.resize(n);
+  Widen(w, n, scratch.data());
+  return scratch.data();
+}
+
 // Runs body(part, worker) for part in [0, parts) on the caller (worker 0) and
 // up to workers - 1 of the pool's threads (workers 1, 2, ...; a worker runs
 // its parts one after another, so per-worker scratch needs no lock). Parts
@@ -568,7 +638,9 @@ ffi::Error CheckGroups(int64_t groups, std::initializer_list<int64_t> operand_gr
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+// The forward pass, with weights of type WeightType (F32 or BF16).
+template <ffi::DataType WeightType>
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<WeightType> w, ffi::Buffer<ffi::F32> bias,
                    ffi::Buffer<ffi::S32> rows, ffi::ResultBuffer<ffi::F32> y, ffi::ThreadPool pool) {
   const auto xd = x.dimensions(), wd = w.dimensions(), bd = bias.dimensions(), rd = rows.dimensions(),
              yd = y->dimensions();
@@ -591,19 +663,22 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
   const int64_t units = groups * positions;
   const Split split = SplitWork(pool, units, units * batch * k_total * filters, kPartsPerWorker);
   const int64_t parts = split.parts, workers = split.workers;
-  const float *x_data = x.typed_data(), *w_data = w.typed_data(), *b_data = bias.typed_data();
+  const float *x_data = x.typed_data(), *b_data = bias.typed_data();
+  const auto* w_data = w.typed_data();
   const int32_t* r_data = rows.typed_data();
   float* y_data = y->typed_data();
   AdviseHugePages(y_data, groups * batch * positions * filters * sizeof(float));
-  ParallelParts(parts, workers, pool, [&](int64_t part, int64_t) {
+  std::vector<std::vector<float>> scratch(workers);
+  ParallelParts(parts, workers, pool, [&](int64_t part, int64_t worker) {
     for (int64_t u = RangeStart(units, parts, part); u < RangeStart(units, parts, part + 1); ++u) {
       const int64_t g = u / positions, p = u % positions;
+      const float* w_p = WeightsAsFloat(w_data + g * w_group + p * k_total * filters, k_total * filters, scratch[worker]);
       const ForwardArgs position{x_data + g * x_group,
                                  input_rows * channels,
                                  r_data + p * taps,
                                  taps,
                                  channels,
-                                 w_data + g * w_group + p * k_total * filters,
+                                 w_p,
                                  filters,
                                  b_data + g * b_group + p * filters,
                                  y_data + (g * batch * positions + p) * filters,
@@ -615,8 +690,10 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
   return ffi::Error::Success();
 }
 
+// The kernel gradient, written as WeightType (F32 or BF16).
+template <ffi::DataType WeightType>
 ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::S32> rows,
-                      ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, ffi::ThreadPool pool) {
+                      ffi::ResultBuffer<WeightType> dw, ffi::ResultBuffer<ffi::F32> db, ffi::ThreadPool pool) {
   const auto xd = x.dimensions(), gd = dy.dimensions(), rd = rows.dimensions(), wd = dw->dimensions(),
              bd = db->dimensions();
   if (xd.size() != 4 || gd.size() != 4 || rd.size() != 2 || wd.size() != 4 || bd.size() != 3) {
@@ -636,17 +713,26 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Bu
   const int64_t parts = split.parts, workers = split.workers;
   const float *x_data = x.typed_data(), *g_data = dy.typed_data();
   const int32_t* r_data = rows.typed_data();
-  float *dw_data = dw->typed_data(), *db_data = db->typed_data();
-  AdviseHugePages(dw_data, groups * positions * k_total * filters * sizeof(float));
-  std::vector<std::vector<float>> patches(workers);
+  auto* dw_data = dw->typed_data();
+  float* db_data = db->typed_data();
+  AdviseHugePages(dw_data, groups * positions * k_total * filters * sizeof(*dw_data));
+  std::vector<std::vector<float>> patches(workers), scratch(workers);
   ParallelParts(parts, workers, pool, [&](int64_t part, int64_t worker) {
     std::vector<float>& patch = patches[worker];
     for (int64_t u = RangeStart(units, parts, part); u < RangeStart(units, parts, part + 1); ++u) {
       const int64_t g = u / positions, p = u % positions;
+      auto* dw_p = dw_data + (g * positions + p) * k_total * filters;
+      float* dw_float;
+      if constexpr (WeightType == ffi::BF16) {
+        scratch[worker].resize(k_total * filters);
+        dw_float = scratch[worker].data();
+      } else {
+        dw_float = dw_p;
+      }
       KernelGradPosition(x_data + g * x_group, input_rows * channels, r_data + p * taps, taps, channels,
-                         g_data + g * g_group + p * filters, positions * filters, batch, filters,
-                         dw_data + (g * positions + p) * k_total * filters, db_data + (g * positions + p) * filters,
-                         patch);
+                         g_data + g * g_group + p * filters, positions * filters, batch, filters, dw_float,
+                         db_data + (g * positions + p) * filters, patch);
+      if constexpr (WeightType == ffi::BF16) Narrow(dw_float, k_total * filters, dw_p);
     }
   });
   return ffi::Error::Success();
@@ -677,13 +763,15 @@ RowRange RowsRead(const int32_t* rows, int64_t taps, int64_t p0, int64_t p1) {
   return range.begin < range.end ? range : RowRange{0, 0};
 }
 
-// dy (G, B, P, F), w (G, P, K*C, F) -> dx (G, B, R, C), batch-minor inside.
+// dy (G, B, P, F), w (G, P, K*C, F) -> dx (G, B, R, C), batch-minor inside,
+// with weights of type WeightType (F32 or BF16).
 // Each thread takes a range of positions (of one group at a time) and adds
 // into its own (rows, C, B) buffer covering just the input rows they read, a
 // band of the image (neighbouring bands overlap by a window's reach); the
 // bands are then summed row block by row block and transposed into dx. The
 // order of the sums is fixed, so dx does not depend on thread timing.
-ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::S32> rows,
+template <ffi::DataType WeightType>
+ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<WeightType> w, ffi::Buffer<ffi::S32> rows,
                      ffi::ResultBuffer<ffi::F32> dx, ffi::ThreadPool pool) {
   const auto gd = dy.dimensions(), wd = w.dimensions(), rd = rows.dimensions(), xd = dx->dimensions();
   if (gd.size() != 4 || wd.size() != 4 || rd.size() != 2 || xd.size() != 4) {
@@ -703,7 +791,8 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Buf
     batch *= groups, groups = 1;  // weights shared by every group: the groups are just more batch rows
   }
   const int64_t image = input_rows * channels;  // elements of one (g, b) slice of dx
-  const float *g_data = dy.typed_data(), *w_data = w.typed_data();
+  const float* g_data = dy.typed_data();
+  const auto* w_data = w.typed_data();
   const int32_t* r_data = rows.typed_data();
   float* dx_data = dx->typed_data();
   AdviseHugePages(dx_data, groups * batch * image * sizeof(float));
@@ -725,10 +814,11 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Buf
     float* sum = band_sums[band].get();
     AdviseHugePages(sum, size * sizeof(float));
     std::memset(sum, 0, size * sizeof(float));
-    std::vector<float> dyt;
+    std::vector<float> dyt, weights;
     for (int64_t p = RangeStart(positions, splits, q); p < RangeStart(positions, splits, q + 1); ++p) {
-      InputGradUnit(g_data + g * g_group + p * filters, positions * filters, w_data + g * w_group + p * k_total * filters,
-                    filters, r_data + p * taps, channels, k_total, batch, sum, band_rows[q].begin, dyt);
+      const float* w_p = WeightsAsFloat(w_data + g * w_group + p * k_total * filters, k_total * filters, weights);
+      InputGradUnit(g_data + g * g_group + p * filters, positions * filters, w_p, filters, r_data + p * taps,
+                    channels, k_total, batch, sum, band_rows[q].begin, dyt);
     }
   });
 
@@ -767,28 +857,32 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::Buf
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+// The handlers, one per weight type: FlaxLocal{Forward,KernelGrad,InputGrad}
+// for float32 weights and ...Bf16 for bfloat16 ones.
+#define FLAX_LOCAL_HANDLERS(SUFFIX, WEIGHT_TYPE)                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalForward##SUFFIX, Forward<WEIGHT_TYPE>,              \
+                                ffi::Ffi::Bind()                                             \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Arg<ffi::Buffer<WEIGHT_TYPE>>()                         \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Arg<ffi::Buffer<ffi::S32>>()                            \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                            \
+                                    .Ctx<ffi::ThreadPool>());                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalKernelGrad##SUFFIX, KernelGrad<WEIGHT_TYPE>,        \
+                                ffi::Ffi::Bind()                                             \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Arg<ffi::Buffer<ffi::S32>>()                            \
+                                    .Ret<ffi::Buffer<WEIGHT_TYPE>>()                         \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                            \
+                                    .Ctx<ffi::ThreadPool>());                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalInputGrad##SUFFIX, InputGrad<WEIGHT_TYPE>,          \
+                                ffi::Ffi::Bind()                                             \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Arg<ffi::Buffer<WEIGHT_TYPE>>()                         \
+                                    .Arg<ffi::Buffer<ffi::S32>>()                            \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                            \
+                                    .Ctx<ffi::ThreadPool>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalInputGrad, InputGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ctx<ffi::ThreadPool>());
+FLAX_LOCAL_HANDLERS(, ffi::F32)
+FLAX_LOCAL_HANDLERS(Bf16, ffi::BF16)

@@ -297,6 +297,23 @@ def test_bfloat16_weights_are_read_and_written_as_bfloat16(shape):
         dw_ties[0][inside][:, : len(ties)], np.broadcast_to(rounded, (inside.sum(), 4))
     )
 
+    # Under vmap with the kernel shared by the mapped examples, its bfloat16
+    # gradient is the sum over them.
+    layer = _layer(shape, "native")
+    xs = jnp.asarray(rng.normal(size=(2, *x.shape)), jnp.float32)
+
+    def shared_kernel_grad(kernel_):
+        def loss(k):
+            ys = jax.vmap(layer, in_axes=(0, None, None))(xs.astype(jnp.bfloat16).astype(k.dtype), k, None)
+            return jnp.sum(jnp.sin(ys.astype(jnp.bfloat16).astype(jnp.float32)))  # same rounding of y
+
+        return jax.jit(jax.grad(loss))(kernel_)
+
+    got = shared_kernel_grad(jnp.asarray(kernel, jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    want = shared_kernel_grad(jnp.asarray(kernel, jnp.bfloat16).astype(jnp.float32))
+    _close(np.asarray(got, np.float32), want, rtol=2e-2)
+
     args = [jnp.asarray(a, jnp.bfloat16) for a in (x, kernel, bias)]
     text = jax.jit(jax.grad(_loss(_layer(shape, "native")), argnums=(0, 1))).lower(*args).compile().as_text()
     assert "flax_local_kernel_grad_bf16" in text and "flax_local_input_grad_bf16" in text

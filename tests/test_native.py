@@ -319,6 +319,8 @@ def test_bfloat16_weights_are_read_and_written_as_bfloat16(shape):
     assert "flax_local_kernel_grad_bf16" in text and "flax_local_input_grad_bf16" in text
     float32_kernel = f"f32[1,{positions},{w16.shape[2]},{filters}]"
     assert float32_kernel not in text, "a float32 copy of the kernel (or of its gradient) was made"
+    with pytest.raises(TypeError, match="float32 or bfloat16 weights, got float16"):
+        native.forward(x4, w16.astype(jnp.float16), None, geometry)
 
 
 def test_concurrent_calls_from_threads():

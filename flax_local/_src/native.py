@@ -112,12 +112,22 @@ def input_grad(dy, w, geometry: Geometry):
     return input_grad_p.bind(dy, w, geometry=geometry)
 
 
+_WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def _check_weight_dtype(dtype) -> None:
+    if jnp.dtype(dtype) not in _WEIGHT_DTYPES:
+        raise TypeError(f"the native kernels take float32 or bfloat16 weights, got {jnp.dtype(dtype)}")
+
+
 def _forward_abstract(x, w, *bias, geometry, has_bias):
+    _check_weight_dtype(w.dtype)
     groups = _group_count(x.shape, w.shape, *(b.shape for b in bias))
     return jax.core.ShapedArray((groups, x.shape[1], w.shape[1], w.shape[3]), jnp.float32)
 
 
 def _kernel_grad_abstract(x, dy, *, geometry, weight_dtype):
+    _check_weight_dtype(weight_dtype)
     groups = _group_count(x.shape, dy.shape)
     positions, filters = dy.shape[2], dy.shape[3]
     return (
@@ -127,6 +137,7 @@ def _kernel_grad_abstract(x, dy, *, geometry, weight_dtype):
 
 
 def _input_grad_abstract(dy, w, *, geometry):
+    _check_weight_dtype(w.dtype)
     groups = _group_count(dy.shape, w.shape)
     channels = w.shape[2] // geometry.window_volume
     rows = int(np.prod(geometry.input_spatial))

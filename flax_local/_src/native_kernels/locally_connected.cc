@@ -799,17 +799,15 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<WeightType> w, ffi::B
 
   // Bands: every group's positions split into `splits` ranges.
   const int64_t total_work = groups * positions * batch * k_total * filters;
-  const Split split = SplitWork(pool, positions, total_work / groups, 1);
-  const int64_t splits = split.parts, bands = groups * splits;
+  const int64_t splits = SplitWork(pool, positions, total_work / groups, 1).workers, bands = groups * splits;
   std::vector<RowRange> band_rows(splits);
   for (int64_t q = 0; q < splits; ++q) {
     band_rows[q] = RowsRead(r_data, taps, RangeStart(positions, splits, q), RangeStart(positions, splits, q + 1));
   }
   std::vector<std::unique_ptr<float[]>> band_sums(bands);
-  auto band_size = [&](int64_t q) { return (band_rows[q].end - band_rows[q].begin) * channels * batch; };
-  const Split band_split = SplitWork(pool, bands, total_work, 1);
-  ParallelParts(bands, band_split.workers, pool, [&](int64_t band, int64_t) {
-    const int64_t g = band / splits, q = band % splits, size = band_size(q);
+  ParallelParts(bands, SplitWork(pool, bands, total_work, 1).workers, pool, [&](int64_t band, int64_t) {
+    const int64_t g = band / splits, q = band % splits;
+    const int64_t size = (band_rows[q].end - band_rows[q].begin) * channels * batch;
     band_sums[band].reset(new float[size]);
     float* sum = band_sums[band].get();
     AdviseHugePages(sum, size * sizeof(float));

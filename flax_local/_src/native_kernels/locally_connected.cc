@@ -325,8 +325,8 @@ constexpr int64_t kPartsPerWorker = 4;
 
 // Tiles whose columns fit in 8 lanes (at most 8 filters, or a batch of at most
 // 8 in the input gradient) use half vectors instead: the same instruction
-// count with no lanes wasted, and on AVX-512 machines 256-bit FMAs issue twice
-// as fast as 512-bit ones (measured: 0.65-0.85x the time on vol3d, long1d).
+// count with no lanes wasted, and more rows per tile (measured: 0.65-0.85x
+// the time on vol3d, long1d).
 
 // Calls chunk(integral_constant<NV>, start, last_lanes) for [0, n) in chunks
 // of up to 4 vectors of 16 lanes, the last one holding last_lanes (1..16).

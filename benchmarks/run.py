@@ -224,6 +224,8 @@ def _reference_first(contenders: list) -> list:
 
 
 TURN_ROWS = (REFERENCE_ROW, "flax_local:auto", "ConvLocal")
+BACK_TO_BACK_ROW = "flax_local:auto"
+"""The row also timed alone, back to back, after the rows timed in turns."""
 TURN_SLOWDOWN = 5.0
 
 
@@ -247,10 +249,14 @@ def _record(rows: list, case: cases_lib.Case, mode: str, calls: list, args: argp
         return
     round_ms = sum(result["warmup_ms"] for _, result, _ in calls)
     rounds = measure.rounds_for(args.repeats, round_ms, args.min_time_s, args.max_repeats)
+    compiled = [result.pop("compiled") for _, result, _ in calls]
     timings = measure.time_interleaved(
-        [(result.pop("compiled"), call_args) for _, result, call_args in calls], repeats=rounds
+        [(fn, call_args) for fn, (_, _, call_args) in zip(compiled, calls)], repeats=rounds
     )
-    for (row, result, _), timing in zip(calls, timings):
+    for fn, (row, result, call_args), timing in zip(compiled, calls, timings):
+        if row["impl"] == BACK_TO_BACK_ROW and len(calls) > 1:
+            # Also alone, calls in a row: the steady state without the other rows' evictions.
+            timing["back_to_back"] = measure.time_back_to_back(fn, call_args, repeats=rounds)
         rows.append({**row, **result, **timing, "timed_in_turns": len(calls) > 1})
         print(
             f"  {case.name:<10} {row['impl']:<20} {mode:<7} median {timing['median_ms']:9.3f} ms  "

@@ -54,6 +54,18 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
     for impl in ("flax_local:patches", "flax_local:auto", "ConvLocal"):
         rows = [r for r in case["results"] if r["impl"] == impl and "median_ms" in r]
         assert all(r["timed_in_turns"] for r in rows), rows
+        # The default row alone is timed again back to back, as many calls.
+        for row in rows:
+            steady = row.get("back_to_back")
+            assert (steady is not None) == (impl == "flax_local:auto"), row
+            if steady:
+                assert len(steady["times_ms"]) == len(row["times_ms"]) and steady["median_ms"] > 0
+    ratio = run["targets"]["train_floor_ratio_2d_back_to_back"]["tiny2d"]
+    auto_train = next(
+        r for r in case["results"] if r["impl"] == "flax_local:auto" and r.get("mode") == "train"
+    )
+    assert ratio == auto_train["back_to_back"]["median_ms"] / case["floor_ms"]["train"]
+    assert "same, back to back" in out_md.read_text()
 
 
 def test_time_interleaved_times_each_call_in_rotating_turns():

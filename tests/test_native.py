@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -401,6 +402,28 @@ def test_build_is_cached(tmp_path):
     assert "available True" in second.stdout, second.stderr
     assert library.stat().st_mtime_ns == built
     assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no temporary files left
+
+
+def test_cache_key_covers_every_header(tmp_path, monkeypatch):
+    """Every file the kernels include is hashed, so editing any of them rebuilds the library."""
+    source = native_build.SOURCE
+    included = set()
+    for path in [source, *(source.parent / h for h in native_build.HEADERS)]:
+        included |= {
+            line.split('"')[1]
+            for line in path.read_text().splitlines()
+            if line.startswith('#include "') and not line.startswith('#include "xla/')
+        }
+    assert included == set(native_build.HEADERS)
+    kernels = tmp_path / "native_kernels"
+    shutil.copytree(source.parent, kernels)
+    monkeypatch.setattr(native_build, "SOURCE", kernels / source.name)
+    compiler = native_build._compiler()
+    keys = {native_build._library_path(compiler)}
+    for header in native_build.HEADERS:
+        (kernels / header).write_text((kernels / header).read_text() + "\n// edited\n")
+        keys.add(native_build._library_path(compiler))
+    assert len(keys) == 1 + len(native_build.HEADERS)
 
 
 _PORTABLE_CHECK = """

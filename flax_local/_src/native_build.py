@@ -1,4 +1,4 @@
-"""Builds and registers the native CPU kernels (``native_kernels/locally_connected.cc``).
+"""Builds and registers the native CPU kernels (``native_kernels/locally_connected.cc`` and its headers).
 
 The kernels are C++ behind XLA's FFI, compiled on first use for the machine
 they run on (``-O3 -march=native``, or the flag in ``$FLAX_LOCAL_NATIVE_ARCH``,
@@ -31,6 +31,8 @@ import jax
 import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("native_kernels") / "locally_connected.cc"
+HEADERS = ("simd.h", "threads.h", "tiles.h")
+"""The headers SOURCE includes (from its own directory): part of the cache key."""
 FLAGS = (
     "-O3",
     os.environ.get("FLAX_LOCAL_NATIVE_ARCH", "-march=native"),
@@ -99,6 +101,9 @@ def _cpu_features() -> str:
 def _library_path(compiler: list[str]) -> pathlib.Path:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        key.update(b"\0")
+        key.update((SOURCE.parent / header).read_bytes())
     for part in (" ".join(FLAGS), version, jaxlib.__version__, platform.machine(), _cpu_features()):
         key.update(b"\0")
         key.update(part.encode())

@@ -103,48 +103,6 @@ def measure_ceilings(quick: bool = False) -> dict:
     return out
 
 
-def ceiling_probes(dtype: str, quick: bool = False) -> dict:
-    """The two ceiling measurements as calls to time alongside a case's rows.
-
-    The machine is shared and its speed drifts by up to 1.5x between minutes;
-    timing these in the same rounds as a case's rows gives ceilings from the
-    same stretch of time as the case (see ``ceilings_from_probes``).
-
-    Args:
-      dtype: the case's dtype (the matmul's).
-      quick: smaller sizes (a smoke test).
-
-    Returns:
-      ``{"matmul": (fn, args, flops), "copy": (fn, args, bytes)}``.
-
-    Example:
-      >>> probes = ceiling_probes("float32", quick=True)
-      >>> sorted(probes), probes["matmul"][2]
-      (['copy', 'matmul'], 33554432)
-    """
-    n = 256 if quick else 1024
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    x = jnp.ones(((2 if quick else 16) * 2**20 // 4,), jnp.float32)
-    return {
-        "matmul": (jax.jit(jnp.matmul), (a, a), 2 * n**3),
-        "copy": (jax.jit(lambda v: v * 2), (x,), 2 * x.size * 4),
-    }
-
-
-def ceilings_from_probes(probes: dict, timings: dict, dtype: str) -> dict:
-    """Ceilings from the fastest call of each probe (``ceiling_probes``), in ``measure_ceilings``'s form.
-
-    Example:
-      >>> probes = {"matmul": (None, (), 2e9), "copy": (None, (), 4e8)}
-      >>> ceilings_from_probes(probes, {"matmul": {"min_ms": 10.0}, "copy": {"min_ms": 10.0}}, "float32")
-      {'matmul_gflops': {'float32': 200.0}, 'copy_gbps': 40.0}
-    """
-    return {
-        "matmul_gflops": {dtype: round(probes["matmul"][2] / timings["matmul"]["min_ms"] / 1e6, 1)},
-        "copy_gbps": round(probes["copy"][2] / timings["copy"]["min_ms"] / 1e6, 1),
-    }
-
-
 def best_ceilings(*measurements: dict) -> dict:
     """The highest of several ``measure_ceilings`` results, ceiling by ceiling.
 

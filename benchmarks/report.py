@@ -52,12 +52,6 @@ def back_to_back_floor_ratio(case: dict, impl: str, mode: str) -> float | None:
     return None if not steady else steady["median_ms"] / case["floor_ms"][mode]
 
 
-def floor_ratio_own_ceilings(case: dict, impl: str) -> float | None:
-    """``impl``'s training-step median over the floor from ceilings timed in the same rounds (None if not measured)."""
-    row, floor = _row(case, impl, "train"), case.get("train_floor_in_turns_ms")
-    return None if row is None or not floor else row["median_ms"] / floor
-
-
 def auto_check(case: dict, mode: str) -> dict:
     """Whether ``auto``'s pick is within 10% of the fastest explicit implementation."""
     timed = {impl: _row(case, impl, mode) for impl in EXPLICIT}
@@ -83,7 +77,6 @@ def targets(run: dict) -> dict:
     cases_2d = [c for c in cases if len(c["case"]["spatial"]) == 2]
     floors = {c["name"]: floor_ratio(c, DEFAULT, "train") for c in cases_2d}
     steady_floors = {c["name"]: back_to_back_floor_ratio(c, DEFAULT, "train") for c in cases_2d}
-    own_floors = {c["name"]: floor_ratio_own_ceilings(c, DEFAULT) for c in cases_2d}
     compile_ok, memory_ok = {}, {}
     for c in cases:
         ours, base = _row(c, DEFAULT, "train"), _row(c, BASELINE, "train")
@@ -102,7 +95,6 @@ def targets(run: dict) -> dict:
         "forward_speedup": forward,
         "train_floor_ratio_2d": floors,
         "train_floor_ratio_2d_back_to_back": steady_floors,
-        "train_floor_ratio_2d_own_ceilings": own_floors,
         "compile_no_worse": compile_ok,
         "xla_peak_no_worse": memory_ok,
         "auto_within_10pct": autos,
@@ -162,10 +154,7 @@ def markdown(run: dict) -> str:
         "evicting the caches in between). Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
         f"{_compile_method(run['config'])} XLA peak = arguments + outputs + temporaries (XLA memory analysis); "
         "RSS = largest resident-set growth seen while compiling and warming up (not sampled during timed calls).",
-        "- Roofline floor = max(flops / matmul ceiling, minimum bytes / copy ceiling); see `benchmarks/machine.py`. "
-        "The last column's floor uses ceilings timed in the same rounds as the case's training steps (the "
-        "fastest of the 1024^3 matmul and the 16 MiB copy over those rounds), so a stretch of time when the "
-        "shared machine was slow lowers the case and its floor together.",
+        "- Roofline floor = max(flops / matmul ceiling, minimum bytes / copy ceiling); see `benchmarks/machine.py`.",
         "",
     ]
     if m["load_average"] and m["cores"] and m["load_average"][0] > 0.5 * m["cores"]:
@@ -180,8 +169,8 @@ def markdown(run: dict) -> str:
     lines += [
         "| case | shapes | floor fwd / train ms | auto picks | fastest (train) | auto / fastest (train) | "
         "auto within 10% | default fwd speed-up | default train speed-up | default train x floor | "
-        "same, back to back | same, ceilings timed in turns |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "same, back to back |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in run["cases"]:
         check = auto_check(c, "train")
@@ -190,8 +179,7 @@ def markdown(run: dict) -> str:
             f"{_ms(c['floor_ms']['train'])} | {check['picked']} | {check['fastest'] or '-'} | "
             f"{_ratio(check['ratio'])} | {_verdict(check['ok'])} | "
             f"{_ratio(speedup(c, DEFAULT, 'forward'))} | {_ratio(speedup(c, DEFAULT, 'train'))} | "
-            f"{_ratio(floor_ratio(c, DEFAULT, 'train'))} | {_ratio(back_to_back_floor_ratio(c, DEFAULT, 'train'))} | "
-            f"{_ratio(floor_ratio_own_ceilings(c, DEFAULT))} |"
+            f"{_ratio(floor_ratio(c, DEFAULT, 'train'))} | {_ratio(back_to_back_floor_ratio(c, DEFAULT, 'train'))} |"
         )
     lines += ["", "## All rows", ""]
     lines += [
@@ -331,9 +319,7 @@ def _targets_markdown(run: dict) -> list[str]:
             "training step within 3x of the roofline floor on 2D cases",
             bool(floors) and max(floors) <= 3,
             f"worst {worst(t['train_floor_ratio_2d'], max)} (timed in turns, as every ratio here; "
-            f"timed back to back: worst {worst(t.get('train_floor_ratio_2d_back_to_back', {}), max)}; "
-            f"against ceilings timed in the same rounds: worst "
-            f"{worst(t.get('train_floor_ratio_2d_own_ceilings', {}), max)})",
+            f"timed back to back: worst {worst(t.get('train_floor_ratio_2d_back_to_back', {}), max)})",
         ),
         (
             "compile time no worse than ConvLocal's (train)",

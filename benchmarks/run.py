@@ -243,31 +243,16 @@ def _timed_in_turns(name: str, warmup_ms: float, reference_ms: float | None) -> 
     return warmup_ms <= TURN_SLOWDOWN * reference_ms
 
 
-def _record(
-    rows: list,
-    case: cases_lib.Case,
-    mode: str,
-    calls: list,
-    args: argparse.Namespace,
-    probes: dict | None = None,
-) -> dict | None:
-    """Times ``(row, prepared, args)`` calls in turns and appends their rows.
-
-    With ``probes`` (``machine.ceiling_probes``) and more than one row, the
-    probes are timed in the same rounds, and the ceilings they measured are
-    returned (else None).
-    """
+def _record(rows: list, case: cases_lib.Case, mode: str, calls: list, args: argparse.Namespace) -> None:
+    """Times ``(row, prepared, args)`` calls in turns and appends their rows."""
     if not calls:
-        return None
+        return
     round_ms = sum(result["warmup_ms"] for _, result, _ in calls)
     rounds = measure.rounds_for(args.repeats, round_ms, args.min_time_s, args.max_repeats)
     compiled = [result.pop("compiled") for _, result, _ in calls]
-    probes = probes if len(calls) > 1 else None
-    probe_calls = [(fn, probe_args) for fn, probe_args, _ in (probes or {}).values()]
     timings = measure.time_interleaved(
-        [(fn, call_args) for fn, (_, _, call_args) in zip(compiled, calls)] + probe_calls, repeats=rounds
+        [(fn, call_args) for fn, (_, _, call_args) in zip(compiled, calls)], repeats=rounds
     )
-    probe_timings = dict(zip(probes or {}, timings[len(calls) :]))
     for fn, (row, result, call_args), timing in zip(compiled, calls, timings):
         if row["impl"] == BACK_TO_BACK_ROW and len(calls) > 1:
             # Also alone, calls in a row: the steady state without the other rows' evictions.
@@ -278,13 +263,10 @@ def _record(
             f"compile {result['compile_ms']:7.0f} ms",
             flush=True,
         )
-    if not probes:
-        return None
-    return machine.ceilings_from_probes(probes, probe_timings, case.dtype)
 
 
-def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> tuple[list, dict | None]:
-    """All rows of one case, and the ceilings measured in turns with its training-step rows."""
+def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> dict:
+    """All rows of one case."""
     x, kernel, bias = jax_impls.inputs(case)
     limit = int(args.max_matrix_mib * 2**20)
     contenders, rows = [], []
@@ -303,7 +285,7 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> t
         contenders.append(jax_impls.flax_local_contender(case, implementation, kernel, bias))
     contenders.append(jax_impls.convlocal_contender(case, kernel, bias))
     contenders = _reference_first(contenders)
-    references, ceilings_in_turns = {}, None
+    references = {}
     for mode in ("forward", "train"):
         in_turns, reference_ms = [], None
         for contender in contenders:
@@ -337,11 +319,8 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> t
                 # Far slower than "patches": timed alone, at once, so that its
                 # buffers and executable are gone before the rows timed in turns.
                 _record(rows, case, mode, [call], args)
-        # Timed in turns, so that every row of the case sees the same machine;
-        # the training step with the ceiling probes too.
-        probes = machine.ceiling_probes(case.dtype, quick=args.quick) if mode == "train" else None
-        measured = _record(rows, case, mode, in_turns, args, probes)
-        ceilings_in_turns = measured or ceilings_in_turns
+        # Timed in turns, so that every row of the case sees the same machine.
+        _record(rows, case, mode, in_turns, args)
         del in_turns
     del references
     if not args.no_tf:
@@ -349,7 +328,7 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> t
             rows.extend(run_tf(case, args))
         else:
             rows.append({"impl": "tf_keras", "skipped": tf_info.get("reason", "not available")})
-    return rows, ceilings_in_turns
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -394,16 +373,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{case.name}: {case.summary()}  floor fwd {floors['forward']:.3g} ms train {floors['train']:.3g} ms"
         )
-        rows, ceilings_in_turns = run_case(case, args, tf_info)
+        rows = run_case(case, args, tf_info)
         run["cases"].append(
             {
                 "name": case.name,
                 "case": case.to_json(),
                 "costs": costs,
                 "floor_ms": floors,
-                "ceilings_in_turns": ceilings_in_turns,
-                "train_floor_in_turns_ms": ceilings_in_turns
-                and machine.floor_ms(costs["train"], ceilings_in_turns, case.dtype),
                 "auto_choice": jax_impls.auto_choice(case),
                 "results": rows,
             }

@@ -81,6 +81,17 @@ constexpr int RowsFor() {
 
 inline int64_t LanesOf(int j, int nv, int64_t last_lanes) { return j == nv - 1 ? last_lanes : kLanes; }
 
+// Stores a tile's accumulators: row i at out + i * row_stride, the last of
+// its NV vectors holding last_lanes lanes.
+template <int R, int NV>
+inline void StoreTile(const Vec (&acc)[R][NV], float* out, int64_t row_stride, int64_t last_lanes) {
+#pragma GCC unroll 32
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) Store(out + i * row_stride + j * kLanes, acc[i][j], LanesOf(j, NV, last_lanes));
+  }
+}
+
 // ----------------------------------------------------------------------------
 // Forward: acc[i][j] = bias[f] + sum_k x[b0 + i, row(k), c(k)] * w[k, f],
 // f = f0 + 16 j, reading x in place (taps in the padding are skipped).
@@ -128,11 +139,7 @@ void ForwardTile(const ForwardArgs& a) {
       }
     }
   }
-#pragma GCC unroll 32
-  for (int i = 0; i < RB; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) Store(a.y + i * a.y_batch + j * kLanes, acc[i][j], LanesOf(j, NV, a.last_lanes));
-  }
+  StoreTile(acc, a.y, a.y_batch, a.last_lanes);
 }
 
 // ForwardTile for at most 8 filters, in half vectors.
@@ -214,11 +221,7 @@ void KernelGradTile(const KernelGradArgs& a) {
       for (int j = 0; j < NV; ++j) acc[i][j] += patch[i] * gv[j];
     }
   }
-#pragma GCC unroll 32
-  for (int i = 0; i < RK; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) Store(a.dw + i * a.filters + j * kLanes, acc[i][j], LanesOf(j, NV, a.last_lanes));
-  }
+  StoreTile(acc, a.dw, a.filters, a.last_lanes);
 }
 
 // KernelGradTile for at most 8 filters, in half vectors.

@@ -197,37 +197,3 @@ def time_interleaved(calls: list[tuple], *, repeats: int) -> list[dict]:
         {"median_ms": statistics.median(t), "min_ms": min(t), "times_ms": [round(v, 4) for v in t]}
         for t in times
     ]
-
-
-def time_back_to_back(compiled, args: tuple, *, repeats: int) -> dict:
-    """Times one compiled function called ``repeats`` times in a row.
-
-    The steady state of a training loop that runs only this step: whatever
-    fits in cache stays there between calls. ``time_interleaved`` measures the
-    same function with other rows' calls in between, which evict the caches
-    (ConvLocal's training step on the large case moves gigabytes).
-
-    Args:
-      compiled: the function.
-      args: its arguments.
-      repeats: calls timed.
-
-    Returns:
-      ``median_ms``, ``min_ms``, ``times_ms``.
-
-    Example:
-      >>> timing = time_back_to_back(lambda v: v + 1, (1,), repeats=3)
-      >>> len(timing["times_ms"]), timing["min_ms"] <= timing["median_ms"]
-      (3, True)
-    """
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outputs = jax.block_until_ready(compiled(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-        del outputs
-    return {
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "times_ms": [round(v, 4) for v in times],
-    }

@@ -255,8 +255,9 @@ def _record(rows: list, case: cases_lib.Case, mode: str, calls: list, args: argp
     )
     for fn, (row, result, call_args), timing in zip(compiled, calls, timings):
         if row["impl"] == BACK_TO_BACK_ROW and len(calls) > 1:
-            # Also alone, calls in a row: the steady state without the other rows' evictions.
-            timing["back_to_back"] = measure.time_back_to_back(fn, call_args, repeats=rounds)
+            # Also alone (rounds of one call: back to back), the steady state
+            # of a loop running only this step, without the other rows' evictions.
+            timing["back_to_back"] = measure.time_interleaved([(fn, call_args)], repeats=rounds)[0]
         rows.append({**row, **result, **timing, "timed_in_turns": len(calls) > 1})
         print(
             f"  {case.name:<10} {row['impl']:<20} {mode:<7} median {timing['median_ms']:9.3f} ms  "

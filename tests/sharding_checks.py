@@ -2,7 +2,8 @@
 
 JAX fixes the number of host devices when it starts, so these checks run in a
 process of their own with 8 forced CPU devices while the rest of the suite keeps
-one. Each check prints one JSON line ``{"name", "status", "detail", "seconds"}``
+one (on CPU also on a machine with an accelerator, whose one device could not
+hold a mesh of 8). Each check prints one JSON line ``{"name", "status", "detail", "seconds"}``
 (status ``"ok"``, ``"fail"`` or ``"skip"``); the test file asserts on them.
 
 Run it by hand: ``python tests/sharding_checks.py [name ...]``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()

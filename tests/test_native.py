@@ -37,6 +37,18 @@ HIGHEST = jax.lax.Precision.HIGHEST
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu_device():
+    """Runs every test here on the CPU device, where the kernels are.
+
+    On a machine whose default device is an accelerator the primitives lower
+    to their reference formulation instead (tests/test_functional.py runs the
+    ``"native"`` layer there); these tests are about the C++ kernels.
+    """
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
 def test_kernels_build_on_this_machine():
     """CI has a C++ compiler: the native path must really run there, not be skipped."""
     native_build.ensure_loaded()
@@ -230,6 +242,8 @@ def test_reference_lowering_matches_the_kernels():
     )
     for got, want in pairs:
         _close(got, want)
+    empty = native._forward_reference(x4[:, :0], w4, b3, geometry=geometry, has_bias=True)
+    assert empty.shape == (1, 0, geometry.num_positions, filters)
     # And the lowering for an accelerator uses it: no custom call in the module.
     lowered = jax.jit(lambda x, w, b: native.forward(x, w, b, geometry)).trace(x4, w4, b3)
     text = lowered.lower(lowering_platforms=("cuda",)).as_text()
@@ -328,6 +342,8 @@ def test_concurrent_calls_from_threads():
     """Calls from several Python threads share XLA's pool without deadlock or wrong numbers."""
     shape = SHAPES[3]
     x, kernel, bias = _arrays(shape, 9)
+    # Committed to the CPU device: the fixture's default device is this thread's only.
+    x, kernel, bias = jax.device_put((x, kernel, bias), jax.devices("cpu")[0])
     step = jax.jit(jax.grad(_loss(_layer(shape, "native")), argnums=(0, 1, 2)))
     expected = step(x, kernel, bias)
     results, errors = [], []

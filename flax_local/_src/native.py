@@ -199,7 +199,8 @@ def _reference_patches(x, geometry: Geometry):
     rows = tap_rows(geometry)
     patches = jnp.take(x, jnp.asarray(np.maximum(rows, 0)), axis=2)  # (Gx, B, P, K, C)
     patches = jnp.where(jnp.asarray(rows >= 0)[..., None], patches, 0.0)
-    return patches.reshape(*patches.shape[:3], -1)
+    # Sizes spelled out: with an empty batch a -1 would divide by zero.
+    return patches.reshape(*patches.shape[:3], rows.shape[1] * x.shape[-1])
 
 
 _HIGHEST = jax.lax.Precision.HIGHEST

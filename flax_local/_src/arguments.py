@@ -7,8 +7,12 @@ expected, so that a bad argument never reaches einsum or XLA.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal, TypeAlias
+
+import jax
+from jax import lax
 
 DataFormat: TypeAlias = Literal["channels_last", "channels_first"]
 PaddingLike: TypeAlias = str | Sequence[tuple[int, int]]
@@ -68,6 +72,29 @@ def check_implementation(implementation: str | int) -> str:
     raise ValueError(
         f"implementation must be one of {IMPLEMENTATIONS} or Keras's 1, 2, 3, got {implementation!r}."
     )
+
+
+def check_precision(precision: lax.PrecisionLike) -> None:
+    """Raises unless ``jax.lax.dot_general`` accepts ``precision``.
+
+    Checked up front because the ``"native"`` kernels ignore it: without this
+    a typo would pass silently wherever ``"auto"`` picks them. jax's own check
+    decides (an abstract matrix product, no computation), so every form it
+    accepts is accepted here.
+    """
+    try:
+        _check_precision(precision)
+    except TypeError:  # unhashable (e.g. a list): check without the cache
+        _check_precision.__wrapped__(precision)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_precision(precision) -> None:
+    operand = jax.ShapeDtypeStruct((1, 1), "float32")
+    try:
+        jax.eval_shape(lambda a: lax.dot(a, a, precision=precision), operand)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"precision={precision!r} is not accepted by jax.lax.dot_general: {error}") from None
 
 
 def check_positive(value: int, name: str) -> int:

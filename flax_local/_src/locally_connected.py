@@ -100,6 +100,7 @@ def locally_connected(
     )
     data_format = arguments.check_data_format(data_format)
     implementation = arguments.check_implementation(implementation)
+    arguments.check_precision(precision)
     if max_matrix_bytes is not None:
         arguments.check_positive(max_matrix_bytes, "max_matrix_bytes")
     if x.ndim < rank + 1:

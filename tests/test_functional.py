@@ -406,6 +406,43 @@ def test_check_grads_float64(name, implementation, order):
         check_grads(fn, (x, kernel, bias), order=order, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("batch_minor", [True, False], ids=["batch-minor", "batch-major"])
+@pytest.mark.parametrize("name", ["2d-same-strided-dilated", "3d-explicit-negative"])
+def test_patches_tangent_layouts_check_grads(name, batch_minor, monkeypatch):
+    """Both layouts of the input tangent (CPU's and the accelerators') against finite differences.
+
+    The layout is picked by backend, so each machine would test only its own:
+    forced here, both run everywhere.
+    """
+    from flax_local._src import patches
+
+    monkeypatch.setattr(patches, "TANGENT_BATCH_MINOR", batch_minor)
+    config = GRAD_CONFIGS[name]
+    with jax.enable_x64(True):
+        x, kernel, bias = (jnp.asarray(a, jnp.float64) for a in config.arrays(8, np.float64))
+        fn = jax.jit(
+            functools.partial(
+                locally_connected, implementation="patches", precision=HIGHEST, **config.layer_kwargs()
+            )
+        )
+        check_grads(fn, (x, kernel, bias), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+def test_patches_tangent_layout_follows_the_backend(monkeypatch):
+    """None picks batch-minor on CPU only; the switch really changes the program."""
+    from flax_local._src import patches
+
+    config = GRAD_CONFIGS["2d-same-strided-dilated"]
+    x, kernel, bias = (jnp.asarray(a) for a in config.arrays(8))
+    fn = functools.partial(locally_connected, implementation="patches", **config.layer_kwargs())
+    texts = {}
+    for layout in (None, True, False):
+        monkeypatch.setattr(patches, "TANGENT_BATCH_MINOR", layout)
+        texts[layout] = jax.jit(jax.grad(lambda x: fn(x, kernel, bias).sum())).lower(x).as_text()
+    assert texts[True] != texts[False]
+    assert texts[None] == texts[jax.default_backend() == "cpu"]
+
+
 @pytest.mark.parametrize("seed", [2, 9], ids=_id)
 def test_implementations_give_the_same_gradients(seed):
     config = dataclasses.replace(CONFIGS[seed], use_bias=True)

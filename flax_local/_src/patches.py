@@ -29,7 +29,11 @@ forward-over-reverse). With ``g`` the output cotangent per position:
   batch-minor copy of ``g`` and one output-sized buffer smaller); ``d_x`` is
   its fold, the transpose of the tangent's strided slices (interior pads
   summed), one fused loop instead of the scatter-add that transposing the
-  gather would give;
+  gather would give. That is the CPU's layout; on an accelerator the
+  tangent is batch-major, ``d_patches = g @ kernel^T`` lands in ``(positions,
+  batch, window * C)``, and its fold keeps channels minor throughout, which
+  XLA:GPU fuses into one loop where the batch-minor fold took one tiled
+  transpose per window tap (``TANGENT_BATCH_MINOR``);
 * ``d_bias = g.sum(batch)`` over the middle axis of ``(positions, batch,
   filters)``, where XLA reduces it in one fast pass.
 
@@ -141,15 +145,17 @@ def _forward(x, kernel, bias, geometry, precision):
     return jnp.moveaxis(y, geometry.rank, 0)
 
 
-def _slice_windows_t(x: jax.Array, geometry: Geometry) -> jax.Array:
-    """``_gather_windows(x, geometry, batch_minor=True)`` built from strided slices.
+def _slice_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.Array:
+    """``_gather_windows(x, geometry, batch_minor)`` built from strided slices.
 
     Used only for tangents: reverse mode never runs it but transposes it, and
     the transpose of a strided slice is an interior pad, so the transpose is
     the fold (one fused loop) instead of a scatter-add.
     """
     rank = geometry.rank
-    x = jnp.transpose(x, (*range(1, rank + 1), rank + 1, 0))  # (*spatial, C, B)
+    spatial_axes = tuple(range(1, rank + 1))
+    # (*spatial, C, B) if batch_minor, else (*spatial, B, C).
+    x = jnp.transpose(x, (*spatial_axes, rank + 1, 0) if batch_minor else (*spatial_axes, 0, rank + 1))
     x = lax.pad(x, jnp.zeros((), x.dtype), [(lo, hi, 0) for lo, hi in geometry.padding] + [(0, 0, 0)] * 2)
     taps = []
     for offset in itertools.product(*(range(k) for k in geometry.kernel_size)):
@@ -158,8 +164,28 @@ def _slice_windows_t(x: jax.Array, geometry: Geometry) -> jax.Array:
         taps.append(
             lax.slice(x, start + [0, 0], limit + list(x.shape[rank:]), list(geometry.strides) + [1, 1])
         )
-    # (*out, K, C, B) -> (P, K * C, B)
-    return jnp.stack(taps, axis=rank).reshape(geometry.num_positions, -1, x.shape[-1])
+    if batch_minor:
+        # (*out, K, C, B) -> (P, K * C, B)
+        return jnp.stack(taps, axis=rank).reshape(geometry.num_positions, -1, x.shape[-1])
+    # (*out, B, K, C) -> (P, B, K * C)
+    return jnp.stack(taps, axis=rank + 1).reshape(geometry.num_positions, x.shape[rank], -1)
+
+
+TANGENT_BATCH_MINOR: bool | None = None
+"""The input tangent's layout: batch-minor ``(P, K * C, B)`` or batch-major
+``(P, B, K * C)``; None picks by backend (batch-minor on CPU only).
+
+The layout decides the input gradient's fold. Batch-minor suits XLA:CPU's
+matmul (module docstring). On GPU, XLA emits the batch-minor fold as one
+tiled transpose per window tap plus a sum (26 kernels for a 5x5 window); the
+batch-major fold keeps channels minor in every step and fuses into one loop.
+"""
+
+
+def _tangent_batch_minor() -> bool:
+    if TANGENT_BATCH_MINOR is not None:
+        return TANGENT_BATCH_MINOR
+    return jax.default_backend() == "cpu"
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
@@ -185,9 +211,17 @@ def _locally_connected_jvp(geometry, precision, primals, tangents):
         # swap becomes the dot's operand order there, not a copy of g (checked
         # in the compiled training step). Forward mode pays one (P, B, F) swap.
         weights = kernel.reshape(positions, -1, filters)
-        patches_dot = _slice_windows_t(x_dot, geometry)
-        term = lax.dot_general(weights, patches_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)
-        per_position.append(jnp.swapaxes(term, 1, 2))
+        if _tangent_batch_minor():
+            patches_dot = _slice_windows(x_dot, geometry, batch_minor=True)
+            term = lax.dot_general(weights, patches_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)
+            per_position.append(jnp.swapaxes(term, 1, 2))
+        else:
+            # (P, B, K*C) x (P, K*C, F) -> (P, B, F); transposed: g @ kernel^T
+            # lands in (P, B, K*C), whose fold keeps channels minor.
+            patches_dot = _slice_windows(x_dot, geometry, batch_minor=False)
+            per_position.append(
+                lax.dot_general(patches_dot, weights, (((2,), (1,)), ((0,), (0,))), precision=precision)
+            )
     if not isinstance(kernel_dot, SymbolicZero):
 
         def kernel_term(x, kernel_dot):

@@ -152,5 +152,12 @@ def relative_error(a, b) -> float:
 
 
 def tolerance(case: Case) -> float:
-    """The relative error two implementations may differ by."""
-    return 3e-2 if case.dtype == "bfloat16" else 1e-4
+    """The relative error two implementations may differ by.
+
+    float32: 1e-4 on CPU; 5e-3 elsewhere, where default precision may round
+    float32 products to TF32 (10-bit mantissa) and each implementation rounds
+    different operands. bfloat16: 3e-2.
+    """
+    if case.dtype == "bfloat16":
+        return 3e-2
+    return 1e-4 if jax.default_backend() == "cpu" else 5e-3

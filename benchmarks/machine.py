@@ -32,13 +32,15 @@ def describe() -> dict:
         pass
     import flax
 
+    backend = jax.default_backend()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": None if memory is None else round(memory / 2**30, 1),
         "load_average": load_average(),
-        "backend": jax.default_backend(),
+        "backend": backend,
+        "accelerator": None if backend == "cpu" else jax.devices()[0].device_kind,
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),
         "jax": jax.__version__,
@@ -66,16 +68,42 @@ def _best_ms(fn, *args, repeats: int) -> float:
     return best * 1e3
 
 
+CEILING_SIZES = {
+    # backend: (matmul n, copy MiB, fresh-copy MiB or None)
+    "cpu": (1024, 16, 128),
+    # An accelerator needs far larger work to reach its peak: an 8192^3 matmul,
+    # and a copy well beyond its last-level cache (50 MiB on an H100), so that
+    # it measures device memory; its allocator reuses buffers (no fresh mapping).
+    "accelerator": (8192, 1024, None),
+}
+
+
+def _median_ms(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
 def measure_ceilings(quick: bool = False) -> dict:
     """Measures peak matmul throughput and memory bandwidth (best of several runs).
 
     * ``matmul_gflops[dtype]``: an ``n x n`` by ``n x n`` matmul, ``2 n^3``
-      flops, for float32 and bfloat16.
-    * ``copy_gbps``: ``y = 2 * x`` on a 16 MiB float32 array, bytes read plus
-      written. The array is below glibc's 32 MiB mmap threshold, so it measures
-      the memory system, not page faults.
-    * ``copy_fresh_gbps``: the same on 128 MiB, whose buffers are freshly
-      mapped on every call (what a large step's temporaries cost).
+      flops, for float32 and bfloat16 at default precision (what the layers
+      use unless given ``precision``; on GPUs with tensor cores XLA may run
+      float32 products in TF32 there). ``n`` is 1024 on CPU, 8192 elsewhere.
+    * ``copy_gbps``: ``y = 2 * x`` on a float32 array of ``copy_mib`` MiB,
+      bytes read plus written. On CPU 16 MiB, below glibc's 32 MiB mmap
+      threshold, so it measures the memory system, not page faults; elsewhere
+      1 GiB, far beyond the device's cache.
+    * ``copy_fresh_gbps`` (CPU only, else None): the same on 128 MiB, whose
+      buffers are freshly mapped on every call (what a large step's
+      temporaries cost).
+    * ``call_ms``: the median time of a trivial jitted call (``x + 1`` on 1024
+      floats), dispatch and synchronisation: no call of a case runs faster.
 
     Args:
       quick: smaller sizes and fewer repeats (a smoke test, not a measurement).
@@ -83,7 +111,10 @@ def measure_ceilings(quick: bool = False) -> dict:
     Returns:
       The ceilings as a dict.
     """
-    n = 256 if quick else 1024
+    backend = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    n, copy_mib, fresh_mib = CEILING_SIZES[backend]
+    if quick:
+        n, copy_mib, fresh_mib = 256, copy_mib // 8, fresh_mib and fresh_mib // 8
     repeats = 3 if quick else 20
     key = jax.random.key(0)
     gflops = {}
@@ -91,15 +122,18 @@ def measure_ceilings(quick: bool = False) -> dict:
         a = jax.random.normal(key, (n, n), dtype)
         ms = _best_ms(jax.jit(jnp.matmul), a, a, repeats=repeats)
         gflops[dtype] = round(2 * n**3 / ms / 1e6, 1)
+        del a
     double = jax.jit(lambda x: x * 2)
-    out = {"matmul_gflops": gflops, "matmul_size": n}
-    for label, mib in (("copy_gbps", 16), ("copy_fresh_gbps", 128)):
-        if quick:
-            mib //= 8
-        x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+    out = {"matmul_gflops": gflops, "matmul_size": n, "copy_mib": copy_mib, "copy_fresh_mib": fresh_mib}
+    for label, mib in (("copy_gbps", copy_mib), ("copy_fresh_gbps", fresh_mib)):
+        if mib is None:
+            out[label] = None
+            continue
+        x = jax.random.normal(key, (mib * 2**20 // 4,), jnp.float32)
         ms = _best_ms(double, x, repeats=repeats)
         out[label] = round(2 * x.size * 4 / ms / 1e6, 1)
         del x
+    out["call_ms"] = round(_median_ms(jax.jit(lambda x: x + 1), jnp.zeros((1024,)), repeats=10 * repeats), 4)
     return out
 
 
@@ -122,8 +156,10 @@ def best_ceilings(*measurements: dict) -> dict:
     for key, value in first.items():
         if key == "matmul_gflops":
             best[key] = {dtype: max(m[key][dtype] for m in measurements) for dtype in value}
-        elif key == "matmul_size":
+        elif key in ("matmul_size", "copy_mib", "copy_fresh_mib") or value is None:
             best[key] = value
+        elif key == "call_ms":  # a time: the best is the lowest
+            best[key] = min(m[key] for m in measurements)
         else:
             best[key] = max(m[key] for m in measurements)
     return best

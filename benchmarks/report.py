@@ -127,18 +127,66 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else "met" if ok else "MISSED"
 
 
-def markdown(run: dict) -> str:
-    """The full report as Markdown (what ``--markdown`` writes)."""
-    m, ceil = run["machine"], run["ceilings"]
+def markdown(run: dict, others: tuple[dict, ...] = ()) -> str:
+    """The full report as Markdown (what ``--markdown`` writes).
+
+    Args:
+      run: the main run (this machine's), rendered first.
+      others: runs of other machines (e.g. a GPU's, from ``--also``), each
+        rendered after it as a section of its own with the same tables.
+
+    Returns:
+      The Markdown text.
+    """
     lines = [
         "# flax_local benchmark results",
         "",
         "Regenerate with `python -m benchmarks.run --markdown benchmarks/RESULTS.md "
         "--json benchmarks/results.json` (add `--tf-python PATH` for a Python with "
-        "`tensorflow` and `tf_keras`).",
+        "`tensorflow` and `tf_keras`, and `--also benchmarks/results_gpu.json` to keep the GPU "
+        "section). The GPU section comes from `python -m benchmarks.run --no-tf --slow-limit-s 5 "
+        "--max-repeats 1000 --json benchmarks/results_gpu.json` run on the GPU machine.",
         "",
+    ]
+    lines += _run_markdown(run, level=2)
+    for other in others:
+        lines += ["", f"## {_machine_title(other['machine'])}", ""]
+        lines += _run_markdown(other, level=3)
+    return "\n".join(lines) + "\n"
+
+
+def _machine_title(machine: dict) -> str:
+    """A section title naming a run's device, e.g. ``GPU: NVIDIA H100 80GB HBM3``."""
+    if machine.get("accelerator"):
+        return f"{machine['backend'].upper()}: {machine['accelerator']}"
+    return f"{machine['backend'].upper()}: {machine['cpu']}"
+
+
+def _ceilings_line(ceil: dict) -> str:
+    """The ceilings as the Method list states them (sizes from the run; older runs: CPU sizes)."""
+    copy = f"{ceil['copy_gbps']} GB/s ({ceil.get('copy_mib', 16)} MiB)"
+    fresh_mib = ceil.get("copy_fresh_mib", 128)
+    if ceil.get("copy_fresh_gbps") is not None:
+        copy += f", {ceil['copy_fresh_gbps']} GB/s ({fresh_mib} MiB, freshly mapped)"
+    return (
+        f"matmul {ceil['matmul_gflops']['float32']} GFLOP/s float32, "
+        f"{ceil['matmul_gflops']['bfloat16']} GFLOP/s bfloat16 ({ceil['matmul_size']}^3, default "
+        f"precision); copy {copy}"
+        + (
+            f"; a trivial jitted call (dispatch and synchronisation) {ceil['call_ms']:.3g} ms"
+            if ceil.get("call_ms") is not None
+            else ""
+        )
+    )
+
+
+def _run_markdown(run: dict, level: int) -> list[str]:
+    """One run's facts and tables, its headings at ``level``."""
+    m, ceil, h = run["machine"], run["ceilings"], "#" * level
+    device = f"; {m['accelerator']}" if m.get("accelerator") else ""
+    lines = [
         f"- Date: {m['date']}",
-        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; backend {m['backend']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; backend {m['backend']}{device}",
         f"- Load average (1/5/15 min) at start: {m['load_average']}; at end: {run.get('load_average_end')}",
         f"- Software: Python {m['python']}, jax {m['jax']}, flax {m['flax']}, numpy {m['numpy']}"
         + (
@@ -146,14 +194,14 @@ def markdown(run: dict) -> str:
             if run["tf"].get("available")
             else ""
         ),
-        f"- Ceilings ({_ceilings_source(run)}): matmul {ceil['matmul_gflops']['float32']} GFLOP/s float32, "
-        f"{ceil['matmul_gflops']['bfloat16']} GFLOP/s bfloat16 ({ceil['matmul_size']}^3); copy "
-        f"{ceil['copy_gbps']} GB/s (16 MiB), {ceil['copy_fresh_gbps']} GB/s (128 MiB, freshly mapped)",
+        f"- Ceilings ({_ceilings_source(run)}): {_ceilings_line(ceil)}",
         f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {_calls(run['config'])}; `patches`, `auto` and ConvLocal (and other JAX rows within 5x of `patches`) are timed in turns, one call of each per round; `auto` is then timed again alone, as many calls in a row "
         '("back to back": the steady state of a loop running only this step, without the other rows '
         "evicting the caches in between). Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
         f"{_compile_method(run['config'])} XLA peak = arguments + outputs + temporaries (XLA memory analysis); "
-        "RSS = largest resident-set growth seen while compiling and warming up (not sampled during timed calls).",
+        "RSS = largest resident-set growth seen while compiling and warming up (not sampled during timed calls"
+        + ("; host memory, not the device's" if m.get("accelerator") else "")
+        + ").",
         "- Roofline floor = max(flops / matmul ceiling, minimum bytes / copy ceiling); see `benchmarks/machine.py`.",
         "",
     ]
@@ -164,8 +212,8 @@ def markdown(run: dict) -> str:
             "between rows of one case were measured interleaved in time and are more reliable.**",
             "",
         ]
-    lines += _targets_markdown(run)
-    lines += ["", "## Per case: default implementation and the auto check", ""]
+    lines += _targets_markdown(run, level)
+    lines += ["", f"{h} Per case: default implementation and the auto check", ""]
     lines += [
         "| case | shapes | floor fwd / train ms | auto picks | fastest (train) | auto / fastest (train) | "
         "auto within 10% | default fwd speed-up | default train speed-up | default train x floor | "
@@ -181,7 +229,7 @@ def markdown(run: dict) -> str:
             f"{_ratio(speedup(c, DEFAULT, 'forward'))} | {_ratio(speedup(c, DEFAULT, 'train'))} | "
             f"{_ratio(floor_ratio(c, DEFAULT, 'train'))} | {_ratio(back_to_back_floor_ratio(c, DEFAULT, 'train'))} |"
         )
-    lines += ["", "## All rows", ""]
+    lines += ["", f"{h} All rows", ""]
     lines += [
         "| case | implementation | fwd ms | train ms | speed-up vs ConvLocal fwd / train | train x floor | "
         "compile ms fwd / train | XLA peak MiB train | RSS growth MiB train | note |",
@@ -190,8 +238,9 @@ def markdown(run: dict) -> str:
     for c in run["cases"]:
         for impl in _impls(c):
             lines.append(_markdown_row(c, impl))
-    lines += ["", "## Notes", ""] + [f"- {n}" for n in [*STANDING_NOTES, *run.get("notes", [])]]
-    return "\n".join(lines) + "\n"
+    standing = STANDING_NOTES if m["backend"] == "cpu" else ACCELERATOR_NOTES
+    lines += ["", f"{h} Notes", ""] + [f"- {n}" for n in [*standing, *run.get("notes", [])]]
+    return lines
 
 
 STANDING_NOTES = [
@@ -216,6 +265,23 @@ STANDING_NOTES = [
     "The JAX rows hold the same weights (ConvLocal's kernel rearranged to its layout); "
     "outputs, loss and all gradients of every row were checked against `flax_local:patches` "
     "(relative error <= 1e-4, 3e-2 for bfloat16; the run stops on a mismatch).",
+]
+
+
+ACCELERATOR_NOTES = [
+    "Times are medians of wall-clock time around each call, `block_until_ready` included, so "
+    "they hold the host's dispatch of the call as well as the device's work; every timed call, "
+    "the minimum and the load average are in the JSON (`--json`).",
+    "`flax_local:auto` runs the same compiled program as the implementation it picks: the gap "
+    "between those two rows is the run-to-run noise of the machine.",
+    "The native kernels are CPU code: elsewhere `flax_local:native` lowers to a gather-and-einsum "
+    "formulation of the same products, and `auto` never picks it.",
+    "The targets are the issue's, set for the 2-core CPU; here they are the same ratios on "
+    "another machine. No tf_keras rows (TensorFlow is not installed on the GPU machine).",
+    "The JAX rows hold the same weights (ConvLocal's kernel rearranged to its layout); "
+    "outputs, loss and all gradients of every row were checked against `flax_local:patches` "
+    "(relative error <= 5e-3 for float32, since at default precision the GPU may round "
+    "float32 products to TF32; 3e-2 for bfloat16; the run stops on a mismatch).",
 ]
 
 
@@ -282,7 +348,7 @@ def _markdown_row(case: dict, impl: str) -> str:
     )
 
 
-def _targets_markdown(run: dict) -> list[str]:
+def _targets_markdown(run: dict, level: int = 2) -> list[str]:
     t = targets(run)
     train = [v for v in t["train_speedup"].values() if v is not None]
     forward = [v for v in t["forward_speedup"].values() if v is not None]
@@ -348,7 +414,7 @@ def _targets_markdown(run: dict) -> list[str]:
         ),
     ]
     lines = [
-        "## Targets (default implementation, `auto`)",
+        f"{'#' * level} Targets (default implementation, `auto`)",
         "",
         "| target | result | detail |",
         "|---|---|---|",

@@ -93,6 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="measure nothing: re-render the report of an earlier --json file (with --markdown)",
     )
+    parser.add_argument(
+        "--also",
+        metavar="JSON",
+        nargs="+",
+        default=[],
+        help="--json files of runs on other machines (e.g. benchmarks/results_gpu.json) to add "
+        "to the Markdown report as sections of their own",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 10
@@ -340,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
         run["targets"] = report.targets(run)
         print(report.text(run))
         if args.markdown:
-            _write(args.markdown, report.markdown(run))
+            _write(args.markdown, report.markdown(run, _load_others(args.also)))
         return run
     selected = cases_lib.select(cases_lib.QUICK_CASES if args.quick else cases_lib.FULL_CASES, args.cases)
     info = machine.describe()
@@ -386,6 +394,9 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         jax.clear_caches()
+        if args.json:
+            # After every case, so that a run stopped part-way keeps what it measured.
+            _write(args.json, json.dumps(run, indent=1, default=str), quiet=True)
     run["elapsed_s"] = round(time.perf_counter() - start, 1)
     run["load_average_end"] = machine.load_average()
     # Measured again at the end; the floors use the best of both (see best_ceilings).
@@ -399,8 +410,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         _write(args.json, json.dumps(run, indent=1, default=str))
     if args.markdown:
-        _write(args.markdown, report.markdown(run))
+        _write(args.markdown, report.markdown(run, _load_others(args.also)))
     return run
+
+
+def _load_others(paths: list[str]) -> tuple[dict, ...]:
+    """The runs of ``--also``, their targets evaluated."""
+    others = []
+    for path in paths:
+        with open(path) as f:
+            other = json.load(f)
+        other["targets"] = report.targets(other)
+        others.append(other)
+    return tuple(others)
 
 
 def _floors(costs: dict, ceilings: dict, dtype: str) -> dict:
@@ -408,12 +430,13 @@ def _floors(costs: dict, ceilings: dict, dtype: str) -> dict:
     return {mode: machine.floor_ms(costs[mode], ceilings, dtype) for mode in costs}
 
 
-def _write(path: str, content: str) -> None:
+def _write(path: str, content: str, quiet: bool = False) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "w") as f:
         f.write(content)
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

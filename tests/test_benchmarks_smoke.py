@@ -66,6 +66,33 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
     )
     assert ratio == auto_train["back_to_back"]["median_ms"] / case["floor_ms"]["train"]
     assert "same, back to back" in out_md.read_text()
+    assert run["ceilings"]["call_ms"] == min(run["ceilings_start"]["call_ms"], run["ceilings_end"]["call_ms"])
+    assert run["ceilings"]["call_ms"] > 0 and "a trivial jitted call" in out_md.read_text()
+
+
+def test_another_machines_run_renders_as_its_own_section(tmp_path):
+    """``--also``: a GPU run's JSON becomes a section with the same tables, headings one level down."""
+    from benchmarks import run as run_module
+
+    cpu = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    gpu = json.loads(json.dumps(cpu))
+    gpu["machine"].update(backend="gpu", accelerator="Some GPU")
+    gpu["ceilings"].update(copy_fresh_gbps=None, copy_mib=1024, call_ms=0.0621)
+    gpu["cases"] = gpu["cases"][:1]
+    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    out = tmp_path / "RESULTS.md"
+    run_module.main(
+        ["--render", str(tmp_path / "cpu.json"), "--also", str(tmp_path / "gpu.json"), "--markdown", str(out)]
+    )
+    text = out.read_text()
+    main_part, gpu_part = text.split("\n## GPU: Some GPU\n")
+    assert "## Targets" in main_part and "### Targets" not in main_part
+    assert "### Targets" in gpu_part and "### All rows" in gpu_part and "\n## " not in gpu_part
+    # One copy ceiling: an accelerator's allocator maps no fresh buffers.
+    assert f"copy {gpu['ceilings']['copy_gbps']} GB/s (1024 MiB);" in gpu_part
+    assert "0.0621 ms" in gpu_part and "backend gpu; Some GPU" in gpu_part
+    assert gpu_part.count("| " + gpu["cases"][0]["name"] + " |") >= 2  # per-case and all-rows tables
 
 
 def test_time_interleaved_times_each_call_in_rotating_turns():
@@ -122,6 +149,9 @@ def test_ceilings_are_the_best_of_each_measurement():
         "copy_gbps": 37.9,
     }
     assert best_ceilings(start) == start
+    # The trivial call's time is a time: its best is the lowest; sizes pass through.
+    timed = [{**m, "call_ms": ms, "copy_mib": 16} for m, ms in ((start, 0.05), (end, 0.02))]
+    assert best_ceilings(*timed)["call_ms"] == 0.02 and best_ceilings(*timed)["copy_mib"] == 16
 
 
 def test_a_tf_keras_worker_that_dies_leaves_a_row_saying_so(tmp_path, monkeypatch):

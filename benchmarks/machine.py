@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import measure
 from benchmarks.cases import Case
 
 
@@ -58,14 +58,10 @@ def load_average() -> list[float] | None:
         return None
 
 
-def _best_ms(fn, *args, repeats: int) -> float:
+def _timed(fn, *args, repeats: int) -> dict:
+    """``measure.time_interleaved`` of one function, after a warm-up call."""
     jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return measure.time_interleaved([(fn, args)], repeats=repeats)[0]
 
 
 CEILING_SIZES = {
@@ -76,16 +72,6 @@ CEILING_SIZES = {
     # it measures device memory; its allocator reuses buffers (no fresh mapping).
     "accelerator": (8192, 1024, None),
 }
-
-
-def _median_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def measure_ceilings(quick: bool = False) -> dict:
@@ -120,7 +106,7 @@ def measure_ceilings(quick: bool = False) -> dict:
     gflops = {}
     for dtype in ("float32", "bfloat16"):
         a = jax.random.normal(key, (n, n), dtype)
-        ms = _best_ms(jax.jit(jnp.matmul), a, a, repeats=repeats)
+        ms = _timed(jax.jit(jnp.matmul), a, a, repeats=repeats)["min_ms"]
         gflops[dtype] = round(2 * n**3 / ms / 1e6, 1)
         del a
     double = jax.jit(lambda x: x * 2)
@@ -130,10 +116,11 @@ def measure_ceilings(quick: bool = False) -> dict:
             out[label] = None
             continue
         x = jax.random.normal(key, (mib * 2**20 // 4,), jnp.float32)
-        ms = _best_ms(double, x, repeats=repeats)
+        ms = _timed(double, x, repeats=repeats)["min_ms"]
         out[label] = round(2 * x.size * 4 / ms / 1e6, 1)
         del x
-    out["call_ms"] = round(_median_ms(jax.jit(lambda x: x + 1), jnp.zeros((1024,)), repeats=10 * repeats), 4)
+    trivial = _timed(jax.jit(lambda x: x + 1), jnp.zeros((1024,)), repeats=10 * repeats)
+    out["call_ms"] = round(trivial["median_ms"], 4)
     return out
 
 

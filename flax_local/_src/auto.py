@@ -25,6 +25,12 @@ KiB and 3. Above that ``"native"`` ran the forward pass 2-6x and the training
 step 1.2-3x faster than ``"patches"`` on every benchmark case
 (``benchmarks/RESULTS.md``).
 
+On GPU (one H100, ``benchmarks/RESULTS.md``) ``"patches"`` was the fastest
+implementation's equal (within 10%) on every benchmark case; ``"dense"`` at
+264-271 MiB and 43-87x wasted work ran the training step 3.5-3.9x slower.
+The accelerator limits (64 MiB, 16x) are still unmeasured at their edge: no
+benchmark case falls under them.
+
 With several devices ``"patches"`` stays the choice: XLA's SPMD partitioner
 splits its per-position products across a mesh (``flax_local.sharding``),
 while it can only replicate a custom call.

@@ -415,13 +415,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _load_others(paths: list[str]) -> tuple[dict, ...]:
-    """The runs of ``--also``, their targets evaluated."""
+    """The runs of ``--also`` (``report.markdown`` evaluates their targets)."""
     others = []
     for path in paths:
         with open(path) as f:
-            other = json.load(f)
-        other["targets"] = report.targets(other)
-        others.append(other)
+            others.append(json.load(f))
     return tuple(others)
 
 

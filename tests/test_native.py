@@ -58,7 +58,7 @@ def test_kernels_build_on_this_machine():
 # (input_spatial, kernel_size, strides, dilation, padding, batch, channels, filters):
 # filters cover 4-, 3-, 2-, 1-vector tiles and tails (1, 17, 70, 64 + 48); batch
 # covers partial row tiles and, in the input gradient's batch-minor layout,
-# partial and multiple 16-lane vectors (1, 5, 17, 40, 70).
+# partial and multiple vectors of 16 (AVX-512) or 8 (AVX2) lanes (1, 5, 17, 40, 70).
 SHAPES = [
     ((9, 7), (3, 3), (1, 1), (1, 1), "same", 5, 3, 20),
     ((12,), (3,), (2,), (2,), "causal", 17, 4, 70),
@@ -411,7 +411,9 @@ def test_failed_build_quotes_the_compiler(tmp_path):
 def test_build_is_cached(tmp_path):
     """The first process builds the library into the cache; the next one only loads it."""
     first = _run_python(_PROBE, FLAX_LOCAL_CACHE_DIR=str(tmp_path))
-    assert "available True" in first.stdout and "auto native" in first.stdout, first.stderr
+    fast = native_build.vector_path() in native_build.FAST_VECTOR_PATHS
+    assert "available True" in first.stdout, first.stderr
+    assert ("auto native" if fast else "auto patches") in first.stdout
     (library,) = tmp_path.glob("locally_connected_*.so")
     built = library.stat().st_mtime_ns
     second = _run_python(_PROBE, FLAX_LOCAL_CACHE_DIR=str(tmp_path))
@@ -450,8 +452,8 @@ def loss(implementation):
     return lambda x, k, b: jnp.sum(jnp.sin(locally_connected(
         x, k, b, strides=(2, 1), padding="same", implementation=implementation,
         precision=jax.lax.Precision.HIGHEST)))
-# Full and partial 16-lane vectors; then half vectors (batch and filters <= 8).
-for batch, filters in ((19, 21), (6, 5)):
+# Full and partial vectors of 16 (or 8) lanes; then half vectors (batch and filters <= 8, <= 4).
+for batch, filters in ((19, 21), (6, 5), (3, 4)):
     x = rng.normal(size=(batch, 9, 7, 5)).astype(np.float32)
     kernel = rng.normal(size=(5, 7, 3, 3, 5, filters)).astype(np.float32)
     bias = rng.normal(size=(5, 7, filters)).astype(np.float32)
@@ -475,16 +477,38 @@ print("portable ok")
 """
 
 
-@pytest.mark.skipif(
-    os.uname().machine not in ("x86_64", "AMD64"), reason="checks the x86 build without AVX-512"
-)
-def test_build_without_avx512_is_correct(tmp_path):
-    """The kernels' non-AVX-512 code (partial vectors through memcpy) on an AVX2 target.
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as cpuinfo:
+        line = next((line for line in cpuinfo if line.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
 
-    Most CPUs users have (and many CI machines) lack AVX-512; this machine may
-    not, so the portable path is built here for x86-64-v3 (AVX2) explicitly.
+
+# (-march, the vector path it builds, the CPU flags needed to run that build).
+_X86_BUILDS = [
+    ("-march=x86-64-v4", "avx512", {"avx512f", "avx512bw", "avx512vl"}),
+    ("-march=x86-64-v3", "avx2", {"avx2", "fma"}),
+    ("-march=x86-64", "generic", set()),
+]
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="checks the x86 builds")
+@pytest.mark.parametrize(("march", "path", "needs"), _X86_BUILDS, ids=[b[1] for b in _X86_BUILDS])
+def test_every_vector_path_builds_and_is_correct(tmp_path, march, path, needs):
+    """Each of the kernels' vector paths, whatever this machine's own -march picks.
+
+    CI machines differ (some have AVX-512, some only AVX2): each path is built
+    for its target explicitly, and run where this CPU can run it (else only
+    compiled). "auto" picks the kernels on the two hand-written paths only.
     """
-    result = _run_python(
-        _PORTABLE_CHECK, FLAX_LOCAL_NATIVE_ARCH="-march=x86-64-v3", FLAX_LOCAL_CACHE_DIR=str(tmp_path)
-    )
+    env = {"FLAX_LOCAL_NATIVE_ARCH": march, "FLAX_LOCAL_CACHE_DIR": str(tmp_path)}
+    if not needs <= _cpu_flags():
+        code = "from flax_local._src import native_build as b; b._build(b._compiler(), b._library_path(b._compiler()))"
+        result = _run_python(code, **env)
+        assert result.returncode == 0, result.stderr
+        assert len(list(tmp_path.glob("locally_connected_*.so"))) == 1
+        pytest.skip(f"compiled only: this CPU lacks {sorted(needs - _cpu_flags())}")
+    probe = "from flax_local._src import native_build; print('path', native_build.vector_path())"
+    result = _run_python(_PORTABLE_CHECK + _PROBE + probe, **env)
     assert "portable ok" in result.stdout, result.stderr
+    assert f"path {path}" in result.stdout
+    assert ("auto native" if path in native_build.FAST_VECTOR_PATHS else "auto patches") in result.stdout

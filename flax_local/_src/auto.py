@@ -13,7 +13,8 @@ The rule, from static shapes only:
 * ``"dense"`` when its matrix is at most ``DENSE_MAX_BYTES[backend]`` and its
   wasted work ``1 / density`` is at most ``DENSE_MAX_WASTE[backend]``;
 * else ``"native"`` on CPU, for float32 and half-precision layers, when its
-  kernels are built (``native_build``) and the process has a single device;
+  kernels are built (``native_build``) with a hand-written vector path
+  (AVX-512, or AVX2 with FMA) and the process has a single device;
 * ``"patches"`` otherwise.
 
 On CPU, ``"dense"`` only wins on tiny layers whose window covers most of the
@@ -56,17 +57,23 @@ DENSE_MAX_WASTE = {"cpu": 3.0, "gpu": 16.0, "tpu": 16.0}
 
 
 def native_usable() -> bool:
-    """Whether ``"auto"`` may pick ``"native"``: its kernels build here and there is one device.
+    """Whether ``"auto"`` may pick ``"native"``: fast kernels build here and there is one device.
 
     Returns:
-      True when the native kernels are available and ``jax.device_count() == 1``.
+      True when the native kernels are available, were built with one of the
+      hand-written vector paths (AVX-512, or AVX2 with FMA:
+      ``native_build.FAST_VECTOR_PATHS``) and ``jax.device_count() == 1``.
 
     Example:
       >>> from flax_local.functional import native_usable
       >>> isinstance(native_usable(), bool)
       True
     """
-    return jax.device_count() == 1 and native_build.is_available()
+    return (
+        jax.device_count() == 1
+        and native_build.is_available()
+        and native_build.vector_path() in native_build.FAST_VECTOR_PATHS
+    )
 
 
 def choose_implementation(

@@ -13,8 +13,8 @@
 // shared by every group. Each product is a small matrix product per position
 // whose rows are gathered from x on the fly (no patches array is built), run
 // over positions on XLA's intra-op thread pool, with register-blocked tiles of
-// 16-float vectors (8-float where a tile has at most 8 columns) along the
-// output's contiguous axis (tiles.h; vector helpers in simd.h, the split
+// vectors (16 floats with AVX-512, 8 with AVX2; half vectors where a tile has
+// at most half a vector of columns) along the output's contiguous axis (tiles.h; vector helpers in simd.h, the split
 // between threads in threads.h). Compiled by
 // flax_local/_src/native_build.py with the host's -march.
 
@@ -310,3 +310,16 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<WeightType> w, ffi::B
 
 FLAX_LOCAL_HANDLERS(, ffi::F32)
 FLAX_LOCAL_HANDLERS(Bf16, ffi::BF16)
+
+// The vector code the kernels were built with: "avx512", "avx2" or "generic"
+// (the compiler's own code for 16-float vectors, correct but several times
+// slower; "auto" does not pick the kernels then).
+extern "C" const char* FlaxLocalVectorPath() {
+#if defined(FLAX_LOCAL_SIMD_AVX512)
+  return "avx512";
+#elif defined(FLAX_LOCAL_SIMD_AVX2)
+  return "avx2";
+#else
+  return "generic";
+#endif
+}

@@ -1,5 +1,7 @@
-// Vectors of 16 (and 8) floats for the kernels: masked loads and stores,
-// prefetches, 16x16 transposes, and bfloat16 <-> float32 conversions.
+// Vectors of floats for the kernels: masked loads and stores, prefetches,
+// register transposes, and bfloat16 <-> float32 conversions. A vector is one
+// machine register: 16 floats with AVX-512, 8 with AVX2, and 16 (held in
+// several registers by the compiler) elsewhere.
 //
 // Part of the kernels' single translation unit, locally_connected.cc, which
 // includes it once: everything here has internal linkage, as there.
@@ -11,15 +13,34 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#endif
+
+// The instruction sets with a hand-written path here. Without one the kernels
+// still build and give the same numbers, through the compiler's generic
+// vector code, but run several times slower (native_build reports which).
+#if defined(__AVX512F__)
+#define FLAX_LOCAL_SIMD_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define FLAX_LOCAL_SIMD_AVX2 1
 #endif
 
 namespace flax_local {
 namespace {
 
+#ifdef FLAX_LOCAL_SIMD_AVX2
+constexpr int kLanes = 8;
+#else
 constexpr int kLanes = 16;
+#endif
+constexpr int kHalfLanes = kLanes / 2;
+// Floats in a cache line: the stride of the prefetches.
+constexpr int kLineFloats = 64 / sizeof(float);
+
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+// Half vectors, for tiles with at most kHalfLanes columns (see tiles.h).
+typedef float HalfVec __attribute__((vector_size(kHalfLanes * sizeof(float))));
 
 inline Vec Load(const float* p) {
   Vec v;
@@ -27,14 +48,48 @@ inline Vec Load(const float* p) {
   return v;
 }
 
-// The first `count` lanes (1..16); the others read as zero, or are left alone.
-#ifdef __AVX512F__
+// The first `count` lanes (1..kLanes); the others read as zero, or are left alone.
+#if defined(FLAX_LOCAL_SIMD_AVX512)
 inline __mmask16 LaneMask(int64_t count) { return static_cast<__mmask16>((1u << count) - 1); }
 inline Vec LoadLanes(const float* p, int64_t count) {
   return reinterpret_cast<Vec>(_mm512_maskz_loadu_ps(LaneMask(count), p));
 }
 inline void Store(float* p, Vec v, int64_t count) {
   _mm512_mask_storeu_ps(p, LaneMask(count), reinterpret_cast<__m512>(v));
+}
+inline HalfVec LoadHalf(const float* p, int64_t count) {
+  return reinterpret_cast<HalfVec>(_mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << count) - 1), p));
+}
+inline void StoreHalf(float* p, HalfVec v, int64_t count) {
+  _mm256_mask_storeu_ps(p, static_cast<__mmask8>((1u << count) - 1), reinterpret_cast<__m256>(v));
+}
+#elif defined(FLAX_LOCAL_SIMD_AVX2)
+// AVX2 masks are vectors: kLanes - count into this table starts `count` ones.
+alignas(64) constexpr int32_t kMaskTable[2 * kLanes] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+inline __m256i LaneMask(int64_t count) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + kLanes - count));
+}
+inline __m128i HalfMask(int64_t count) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(kMaskTable + kLanes - count));
+}
+// Full vectors take plain loads and stores (masked stores are slow on some
+// cores); only a tile's last, partial vector is masked.
+inline Vec LoadLanes(const float* p, int64_t count) {
+  if (count == kLanes) return Load(p);
+  return reinterpret_cast<Vec>(_mm256_maskload_ps(p, LaneMask(count)));
+}
+inline void Store(float* p, Vec v, int64_t count) {
+  if (count == kLanes) {
+    std::memcpy(p, &v, sizeof(Vec));
+  } else {
+    _mm256_maskstore_ps(p, LaneMask(count), reinterpret_cast<__m256>(v));
+  }
+}
+inline HalfVec LoadHalf(const float* p, int64_t count) {
+  return reinterpret_cast<HalfVec>(_mm_maskload_ps(p, HalfMask(count)));
+}
+inline void StoreHalf(float* p, HalfVec v, int64_t count) {
+  _mm_maskstore_ps(p, HalfMask(count), reinterpret_cast<__m128>(v));
 }
 #else
 inline Vec LoadLanes(const float* p, int64_t count) {
@@ -50,20 +105,6 @@ inline void Store(float* p, Vec v, int64_t count) {
     std::memcpy(p, &v, count * sizeof(float));
   }
 }
-#endif
-
-inline void AddStore(float* p, Vec v, int64_t count) { Store(p, LoadLanes(p, count) + v, count); }
-
-// Half vectors (8 lanes), for tiles with at most 8 columns (see Tiles below).
-typedef float HalfVec __attribute__((vector_size(8 * sizeof(float))));
-#ifdef __AVX512F__
-inline HalfVec LoadHalf(const float* p, int64_t count) {
-  return reinterpret_cast<HalfVec>(_mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << count) - 1), p));
-}
-inline void StoreHalf(float* p, HalfVec v, int64_t count) {
-  _mm256_mask_storeu_ps(p, static_cast<__mmask8>((1u << count) - 1), reinterpret_cast<__m256>(v));
-}
-#else
 inline HalfVec LoadHalf(const float* p, int64_t count) {
   HalfVec v = {};
   std::memcpy(&v, p, count * sizeof(float));
@@ -71,6 +112,8 @@ inline HalfVec LoadHalf(const float* p, int64_t count) {
 }
 inline void StoreHalf(float* p, HalfVec v, int64_t count) { std::memcpy(p, &v, count * sizeof(float)); }
 #endif
+
+inline void AddStore(float* p, Vec v, int64_t count) { Store(p, LoadLanes(p, count) + v, count); }
 
 // Asks for the cache line holding p before it is needed. Each position's
 // weights (and kernel gradient) are read (written) once per call, straight
@@ -85,7 +128,7 @@ inline void PrefetchWrite(const void* p) { __builtin_prefetch(p, 1, 3); }
 
 // Copies a rows x cols block transposed:
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols.
-#ifdef __AVX512F__
+#ifdef FLAX_LOCAL_SIMD_AVX512
 inline void Transpose16(__m512 r[16]) {
   __m512 t[16];
 #pragma GCC unroll 8
@@ -116,9 +159,34 @@ inline void Transpose16(__m512 r[16]) {
 }
 #endif
 
+#ifdef FLAX_LOCAL_SIMD_AVX2
+inline void Transpose8(__m256 r[8]) {
+  __m256 t[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+    t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+#endif
+
 inline void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
                       int64_t dst_stride) {
-#ifdef __AVX512F__
+#if defined(FLAX_LOCAL_SIMD_AVX512)
   for (int64_t i0 = 0; i0 < rows; i0 += 16) {
     const int64_t nr = std::min<int64_t>(16, rows - i0);
     for (int64_t j0 = 0; j0 < cols; j0 += 16) {
@@ -133,6 +201,23 @@ inline void Transpose(const float* src, int64_t src_stride, int64_t rows, int64_
 #pragma GCC unroll 16
       for (int j = 0; j < 16; ++j) {
         if (j < nc) _mm512_mask_storeu_ps(dst + (j0 + j) * dst_stride + i0, static_cast<__mmask16>((1u << nr) - 1), r[j]);
+      }
+    }
+  }
+#elif defined(FLAX_LOCAL_SIMD_AVX2)
+  for (int64_t i0 = 0; i0 < rows; i0 += 8) {
+    const int64_t nr = std::min<int64_t>(8, rows - i0);
+    for (int64_t j0 = 0; j0 < cols; j0 += 8) {
+      const int64_t nc = std::min<int64_t>(8, cols - j0);
+      __m256 r[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        r[i] = i < nr ? reinterpret_cast<__m256>(LoadLanes(src + (i0 + i) * src_stride + j0, nc)) : _mm256_setzero_ps();
+      }
+      Transpose8(r);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        if (j < nc) Store(dst + (j0 + j) * dst_stride + i0, reinterpret_cast<Vec>(r[j]), nr);
       }
     }
   }
@@ -168,7 +253,7 @@ inline Bf16 FloatToBf16(float f) {
   return static_cast<Bf16>(bits >> 16);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(FLAX_LOCAL_SIMD_AVX512) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define FLAX_LOCAL_VECTOR_BF16 1
 #endif
 
@@ -180,6 +265,11 @@ void Widen(const Bf16* src, int64_t n, float* dst) {
     const __mmask16 mask = LaneMask(std::min<int64_t>(kLanes, n - i));
     const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src + i)), 16);
     _mm512_mask_storeu_ps(dst + i, mask, _mm512_castsi512_ps(wide));
+  }
+#elif defined(FLAX_LOCAL_SIMD_AVX2)
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16)));
   }
 #endif
   for (; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
@@ -200,6 +290,19 @@ void Narrow(const float* src, int64_t n, Bf16* dst) {
     const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(bits, magnitude), infinity);
     rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, quiet));
     _mm256_mask_storeu_epi16(dst + i, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+  }
+#elif defined(FLAX_LOCAL_SIMD_AVX2)
+  const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
+  const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), infinity = _mm256_set1_epi32(0x7f800000);
+  const __m256i quiet = _mm256_set1_epi32(0x400000);
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m256i bits = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
+    const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(half, odd));
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, magnitude), infinity);
+    const __m256i top = _mm256_srli_epi32(_mm256_blendv_epi8(rounded, _mm256_or_si256(bits, quiet), nan), 16);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), packed);
   }
 #endif
   for (; i < n; ++i) dst[i] = FloatToBf16(src[i]);

@@ -19,27 +19,33 @@ namespace flax_local {
 namespace {
 
 // ----------------------------------------------------------------------------
-// Tiles. Each product is computed in register tiles acc[rows][NV] of 16-float
-// vectors: NV (1-4) vectors along the output's contiguous axis, `rows` (up to
+// Tiles. Each product is computed in register tiles acc[rows][NV] of vectors
+// (kLanes floats): NV (1-4) vectors along the output's contiguous axis, `rows` (up to
 // kAccumulators / NV) rows across it. Both counts are template parameters so
 // the tile lives in registers; the helpers below pick them at run time, and a
 // partial last vector is read and written through a lane mask.
 // ----------------------------------------------------------------------------
 
 // Vector registers a tile's accumulators may take.
-#ifdef __AVX512F__
+#if defined(FLAX_LOCAL_SIMD_AVX512)
 constexpr int kAccumulators = 24;  // of 32 vector registers
+constexpr int kHalfTileRows = 16;
+#elif defined(FLAX_LOCAL_SIMD_AVX2)
+constexpr int kAccumulators = 12;  // of 16 vector registers
+constexpr int kHalfTileRows = 12;
 #else
-constexpr int kAccumulators = 12;  // in 16-float units: 16 x 8-float registers
+constexpr int kAccumulators = 12;  // 16-float vectors, two or more registers each
+constexpr int kHalfTileRows = 16;
 #endif
 
-// Tiles whose columns fit in 8 lanes (at most 8 filters, or a batch of at most
-// 8 in the input gradient) use half vectors instead: the same instruction
-// count with no lanes wasted, and more rows per tile (measured: 0.65-0.85x
-// the time on vol3d, long1d).
+// Tiles whose columns fit in half a vector (at most kHalfLanes filters, or a
+// batch of at most kHalfLanes in the input gradient) use half vectors
+// instead, kHalfTileRows rows of them: the same instruction count with no
+// lanes wasted, and more rows per tile (measured with AVX-512: 0.65-0.85x the
+// time on vol3d, long1d).
 
 // Calls chunk(integral_constant<NV>, start, last_lanes) for [0, n) in chunks
-// of up to 4 vectors of 16 lanes, the last one holding last_lanes (1..16).
+// of up to 4 vectors, the last one holding last_lanes (1..kLanes).
 template <typename Chunk>
 void ForEachVectorChunk(int64_t n, const Chunk& chunk) {
   for (int64_t start = 0; start < n; start += 4 * kLanes) {
@@ -94,7 +100,7 @@ inline void StoreTile(const Vec (&acc)[R][NV], float* out, int64_t row_stride, i
 
 // ----------------------------------------------------------------------------
 // Forward: acc[i][j] = bias[f] + sum_k x[b0 + i, row(k), c(k)] * w[k, f],
-// f = f0 + 16 j, reading x in place (taps in the padding are skipped).
+// f = f0 + kLanes j, reading x in place (taps in the padding are skipped).
 // ----------------------------------------------------------------------------
 
 struct ForwardArgs {
@@ -142,7 +148,7 @@ void ForwardTile(const ForwardArgs& a) {
   StoreTile(acc, a.y, a.y_batch, a.last_lanes);
 }
 
-// ForwardTile for at most 8 filters, in half vectors.
+// ForwardTile for at most kHalfLanes filters, in half vectors.
 template <int RB>
 void ForwardHalfTile(const ForwardArgs& a) {
   const HalfVec bias = LoadHalf(a.bias, a.last_lanes);
@@ -167,8 +173,8 @@ void ForwardHalfTile(const ForwardArgs& a) {
 
 // One position: every filter, every batch row.
 void ForwardPosition(const ForwardArgs& position, int64_t batch) {
-  if (position.filters <= 8) {
-    ForEachRowBlock<16>(batch, [&](auto rows, int64_t b0) {
+  if (position.filters <= kHalfLanes) {
+    ForEachRowBlock<kHalfTileRows>(batch, [&](auto rows, int64_t b0) {
       ForwardArgs tile = position;
       tile.x += b0 * position.x_batch, tile.y += b0 * position.y_batch;
       tile.last_lanes = position.filters;
@@ -188,7 +194,7 @@ void ForwardPosition(const ForwardArgs& position, int64_t batch) {
 }
 
 // ----------------------------------------------------------------------------
-// Kernel gradient: acc[i][j] = sum_b patch[b, k0 + i] * dy[b, f], f = f0 + 16 j,
+// Kernel gradient: acc[i][j] = sum_b patch[b, k0 + i] * dy[b, f], f = f0 + kLanes j,
 // with the position's window first gathered into patch (B, K*C) (zeros in the
 // padding), so a tile reads its rows at fixed offsets from one pointer.
 // ----------------------------------------------------------------------------
@@ -224,7 +230,7 @@ void KernelGradTile(const KernelGradArgs& a) {
   StoreTile(acc, a.dw, a.filters, a.last_lanes);
 }
 
-// KernelGradTile for at most 8 filters, in half vectors.
+// KernelGradTile for at most kHalfLanes filters, in half vectors.
 template <int RK>
 void KernelGradHalfTile(const KernelGradArgs& a) {
   HalfVec acc[RK] = {};
@@ -247,12 +253,12 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
   const int64_t k_total = taps * channels;
   if (dy_next != nullptr) {
     for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t f = 0; f < filters; f += kLanes) PrefetchRead(dy_next + b * dy_batch + f);
+      for (int64_t f = 0; f < filters; f += kLineFloats) PrefetchRead(dy_next + b * dy_batch + f);
     }
   }
   patch.resize(batch * k_total);
   // Taps reading consecutive input rows (a window's row, at dilation 1) are
-  // one contiguous run of x: copied as one piece, in 16-lane vectors.
+  // one contiguous run of x: copied as one piece, in vectors.
   for (int64_t t0 = 0; t0 < taps;) {
     int64_t t1 = t0 + 1;
     while (t1 < taps && (rows[t0] < 0) == (rows[t1] < 0) && (rows[t0] < 0 || rows[t1] == rows[t1 - 1] + 1)) ++t1;
@@ -267,8 +273,8 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
     }
     t0 = t1;
   }
-  if (filters <= 8) {
-    ForEachRowBlock<16>(k_total, [&](auto rows_in_tile, int64_t k0) {
+  if (filters <= kHalfLanes) {
+    ForEachRowBlock<kHalfTileRows>(k_total, [&](auto rows_in_tile, int64_t k0) {
       const KernelGradArgs tile{patch.data() + k0, k_total,    batch,   dy,         dy_batch,
                                   dw + k0 * filters,   filters, filters, dw_prefetch};
       KernelGradHalfTile<decltype(rows_in_tile)::value>(tile);
@@ -293,7 +299,7 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
 // ----------------------------------------------------------------------------
 // Input gradient, batch-minor: with dyt = dy laid out (P, F, B) and dxt = dx
 // laid out (R, C, B), acc[i][j] = sum_f w[k0 + i, f] * dyt[f, b], b = b0 +
-// 16 j, is the contribution of tap row k0 + i to dxt[row(k), c(k), b], added
+// kLanes j, is the contribution of tap row k0 + i to dxt[row(k), c(k), b], added
 // straight from registers: no transposed weights, no scalar scatter. Where
 // row k goes in dxt is looked up in a per-position table of offsets (an
 // integer division per row made the kernel 1.03-1.5x slower).
@@ -315,7 +321,7 @@ void InputGradTile(const InputGradArgs& a) {
   Vec acc[RK][NV] = {};
   for (int64_t f = 0; f < a.filters; ++f) {
     // The tile's RK rows of the next position's weights, a line per f.
-    if (f * kLanes < RK * a.filters) PrefetchRead(a.w + a.prefetch + f * kLanes);
+    if (f * kLineFloats < RK * a.filters) PrefetchRead(a.w + a.prefetch + f * kLineFloats);
     Vec gv[NV];
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) gv[j] = LoadLanes(a.dyt + f * a.batch + j * kLanes, LanesOf(j, NV, a.last_lanes));
@@ -336,12 +342,12 @@ void InputGradTile(const InputGradArgs& a) {
   }
 }
 
-// InputGradTile for a batch of at most 8 columns, in half vectors.
+// InputGradTile for a batch of at most kHalfLanes columns, in half vectors.
 template <int RK>
 void InputGradHalfTile(const InputGradArgs& a) {
   HalfVec acc[RK] = {};
   for (int64_t f = 0; f < a.filters; ++f) {
-    if (f * kLanes < RK * a.filters) PrefetchRead(a.w + a.prefetch + f * kLanes);
+    if (f * kLineFloats < RK * a.filters) PrefetchRead(a.w + a.prefetch + f * kLineFloats);
     const HalfVec gv = LoadHalf(a.dyt + f * a.batch, a.last_lanes);
 #pragma GCC unroll 32
     for (int i = 0; i < RK; ++i) acc[i] += a.w[i * a.filters + f] * gv;
@@ -357,8 +363,8 @@ void InputGradHalfTile(const InputGradArgs& a) {
 
 // Adds position p's contribution to dxt for every batch column.
 void InputGradPosition(const InputGradArgs& position, int64_t k_total) {
-  if (position.batch <= 8) {
-    ForEachRowBlock<16>(k_total, [&](auto rows, int64_t k0) {
+  if (position.batch <= kHalfLanes) {
+    ForEachRowBlock<kHalfTileRows>(k_total, [&](auto rows, int64_t k0) {
       InputGradArgs tile = position;
       tile.last_lanes = position.batch;
       tile.w += k0 * position.filters, tile.offsets += k0;

@@ -27,15 +27,18 @@ namespace {
 // ----------------------------------------------------------------------------
 
 // Vector registers a tile's accumulators may take.
+// kAccumulators of kRegisters vector registers; a tile also holds its NV
+// column vectors and one broadcast row value, so it takes at most
+// kRegisters - 1 - NV accumulators (more spill one to the stack, and its
+// store and reload every step bound the loop: AVX2 tiles of 3 x 4 vectors
+// ran at 40-45% of the FMA peak). Tiles are at most kMaxTileVectors wide.
 #if defined(FLAX_LOCAL_SIMD_AVX512)
-constexpr int kAccumulators = 24;  // of 32 vector registers
-constexpr int kHalfTileRows = 16;
+constexpr int kRegisters = 32, kAccumulators = 24, kMaxTileVectors = 4, kHalfTileRows = 16;
 #elif defined(FLAX_LOCAL_SIMD_AVX2)
-constexpr int kAccumulators = 12;  // of 16 vector registers
-constexpr int kHalfTileRows = 12;
+constexpr int kRegisters = 16, kAccumulators = 12, kMaxTileVectors = 2, kHalfTileRows = 12;
 #else
-constexpr int kAccumulators = 12;  // 16-float vectors, two or more registers each
-constexpr int kHalfTileRows = 16;
+// 16-float vectors, two or more registers each.
+constexpr int kRegisters = 32, kAccumulators = 12, kMaxTileVectors = 4, kHalfTileRows = 16;
 #endif
 
 // Tiles whose columns fit in half a vector (at most kHalfLanes filters, or a
@@ -45,16 +48,18 @@ constexpr int kHalfTileRows = 16;
 // time on vol3d, long1d).
 
 // Calls chunk(integral_constant<NV>, start, last_lanes) for [0, n) in chunks
-// of up to 4 vectors, the last one holding last_lanes (1..kLanes).
+// of up to kMaxTileVectors vectors, the last one holding last_lanes (1..kLanes).
 template <typename Chunk>
 void ForEachVectorChunk(int64_t n, const Chunk& chunk) {
-  for (int64_t start = 0; start < n; start += 4 * kLanes) {
+  for (int64_t start = 0; start < n; start += kMaxTileVectors * kLanes) {
     const int64_t left = n - start;
-    const int64_t vectors = std::min<int64_t>(4, (left + kLanes - 1) / kLanes);
+    const int64_t vectors = std::min<int64_t>(kMaxTileVectors, (left + kLanes - 1) / kLanes);
     const int64_t last_lanes = left - (vectors - 1) * kLanes;
     const int64_t last = std::min<int64_t>(kLanes, last_lanes);
-    if (vectors == 4) chunk(std::integral_constant<int, 4>{}, start, last);
-    if (vectors == 3) chunk(std::integral_constant<int, 3>{}, start, last);
+    if constexpr (kMaxTileVectors >= 4) {
+      if (vectors == 4) chunk(std::integral_constant<int, 4>{}, start, last);
+      if (vectors == 3) chunk(std::integral_constant<int, 3>{}, start, last);
+    }
     if (vectors == 2) chunk(std::integral_constant<int, 2>{}, start, last);
     if (vectors == 1) chunk(std::integral_constant<int, 1>{}, start, last);
   }
@@ -82,7 +87,7 @@ void ForEachRowBlock(int64_t n, const Tile& tile) {
 
 template <int NV>
 constexpr int RowsFor() {
-  return std::max(1, kAccumulators / NV);
+  return std::max(1, std::min(kAccumulators / NV, (kRegisters - 1 - NV) / NV));
 }
 
 inline int64_t LanesOf(int j, int nv, int64_t last_lanes) { return j == nv - 1 ? last_lanes : kLanes; }
@@ -134,7 +139,9 @@ void ForwardTile(const ForwardArgs& a) {
     for (int64_t c = 0; c < a.channels; ++c) {
       Vec wv[NV];
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) PrefetchRead(wt + a.prefetch + c * a.filters + j * kLanes);
+      for (int j = 0; j < NV; ++j) {
+        if (j * kLanes % kLineFloats == 0) PrefetchRead(wt + a.prefetch + c * a.filters + j * kLanes);
+      }
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) wv[j] = LoadLanes(wt + c * a.filters + j * kLanes, LanesOf(j, NV, a.last_lanes));
 #pragma GCC unroll 32

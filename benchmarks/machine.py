@@ -32,6 +32,12 @@ def describe() -> dict:
         pass
     import flax
 
+    from flax_local._src import native_build
+
+    try:
+        native_kernels = native_build.vector_path()
+    except native_build.NativeUnavailableError as error:
+        native_kernels = f"unavailable: {error}"
     backend = jax.default_backend()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -47,6 +53,8 @@ def describe() -> dict:
         "flax": flax.__version__,
         "numpy": np.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # The vector code the native CPU kernels were built with (avx512, avx2, generic).
+        "native_kernels": native_kernels,
     }
 
 

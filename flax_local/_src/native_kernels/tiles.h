@@ -263,22 +263,31 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
       for (int64_t f = 0; f < filters; f += kLineFloats) PrefetchRead(dy_next + b * dy_batch + f);
     }
   }
-  patch.resize(batch * k_total);
   // Taps reading consecutive input rows (a window's row, at dilation 1) are
-  // one contiguous run of x: copied as one piece, in vectors.
-  for (int64_t t0 = 0; t0 < taps;) {
-    int64_t t1 = t0 + 1;
-    while (t1 < taps && (rows[t0] < 0) == (rows[t1] < 0) && (rows[t0] < 0 || rows[t1] == rows[t1 - 1] + 1)) ++t1;
-    const int64_t length = (t1 - t0) * channels;
-    for (int64_t b = 0; b < batch; ++b) {
-      float* dst = patch.data() + b * k_total + t0 * channels;
-      const float* src = x + b * x_batch + static_cast<int64_t>(rows[t0]) * channels;
-      for (int64_t i = 0; i < length; i += kLanes) {
-        const int64_t lanes = std::min<int64_t>(kLanes, length - i);
-        Store(dst + i, rows[t0] < 0 ? Vec{} : LoadLanes(src + i, lanes), lanes);
+  // one contiguous run of x: copied as one piece, in vectors. Each vector is
+  // stored whole (a masked store costs tens of cycles on some cores, and runs
+  // of C = 3 channels end mid-vector): lanes past a run's end land on the
+  // slots of the next run, or of the next batch row, which are written
+  // after it, or in kLanes slots of slack at the end.
+  struct Run {
+    int64_t k0, length, source;  // source: x offset of the first element, -1 for padding
+  };
+  std::vector<Run> runs;
+  for (int64_t t0 = 0, t1; t0 < taps; t0 = t1) {
+    for (t1 = t0 + 1; t1 < taps && (rows[t0] < 0) == (rows[t1] < 0) && (rows[t0] < 0 || rows[t1] == rows[t1 - 1] + 1);) {
+      ++t1;
+    }
+    runs.push_back({t0 * channels, (t1 - t0) * channels, rows[t0] < 0 ? -1 : int64_t{rows[t0]} * channels});
+  }
+  patch.resize(batch * k_total + kLanes);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (const Run& run : runs) {
+      float* dst = patch.data() + b * k_total + run.k0;
+      const float* src = x + b * x_batch + run.source;
+      for (int64_t i = 0; i < run.length; i += kLanes) {
+        Store(dst + i, run.source < 0 ? Vec{} : LoadLanes(src + i, std::min<int64_t>(kLanes, run.length - i)), kLanes);
       }
     }
-    t0 = t1;
   }
   if (filters <= kHalfLanes) {
     ForEachRowBlock<kHalfTileRows>(k_total, [&](auto rows_in_tile, int64_t k0) {

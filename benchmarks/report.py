@@ -143,9 +143,10 @@ def markdown(run: dict, others: tuple[dict, ...] = ()) -> str:
         "",
         "Regenerate with `python -m benchmarks.run --markdown benchmarks/RESULTS.md "
         "--json benchmarks/results.json` (add `--tf-python PATH` for a Python with "
-        "`tensorflow` and `tf_keras`, and `--also benchmarks/results_gpu.json "
-        "benchmarks/results_cpu_avx512.json` to keep the other machines' sections). The GPU section comes from `python -m benchmarks.run --no-tf --slow-limit-s 5 "
-        "--max-repeats 1000 --json benchmarks/results_gpu.json` run on the GPU machine.",
+        "`tensorflow` and `tf_keras`, and `--also benchmarks/results_cpu_avx512.json "
+        "benchmarks/results_gpu.json` to keep the other machines' sections). The GPU section "
+        "comes from `python -m benchmarks.run --no-tf --slow-limit-s 5 --max-repeats 1000 "
+        "--json benchmarks/results_gpu.json` run on the GPU machine.",
         "",
     ]
     lines += _run_markdown(run, level=2)

@@ -24,7 +24,7 @@ and at best level with it at wasted work <= 3 below 256 KiB, where the native
 kernels are level with both (tens of microseconds). Hence the CPU limits of 256
 KiB and 3. Above that ``"native"`` ran the forward pass 2-6x and the training
 step 1.2-3x faster than ``"patches"`` on every benchmark case with AVX-512,
-and 1.5-3.8x and 1.3-3.2x with AVX2 (``benchmarks/RESULTS.md``).
+and 1.5-5.0x and 1.5-3.1x with AVX2 (``benchmarks/RESULTS.md``).
 
 On GPU (one H100, ``benchmarks/RESULTS.md``) ``"patches"`` was the fastest
 implementation's equal (within 10%) on every benchmark case; ``"dense"`` at

@@ -20,7 +20,7 @@
 // The instruction sets with a hand-written path here. Without one the kernels
 // still build and give the same numbers, through the compiler's generic
 // vector code, but run 12-32x slower (native_build.vector_path() says which).
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512VL__)  // VL: the 8-lane masked half vectors
 #define FLAX_LOCAL_SIMD_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
 #define FLAX_LOCAL_SIMD_AVX2 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 import platform
 
@@ -55,6 +56,51 @@ def describe() -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # The vector code the native CPU kernels were built with (avx512, avx2, generic).
         "native_kernels": native_kernels,
+        **memory_management(),
+    }
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def memory_management() -> dict:
+    """How the OS hands out memory, where Linux says (None elsewhere).
+
+    * ``transparent_hugepages``: the THP mode (``always``, ``madvise`` or
+      ``never``); the native kernels ask for huge pages on large outputs.
+    * ``free_page_reporting``: in a virtual machine whose balloon device
+      reports free memory to the hypervisor, ``{"order": o, "delay_ms": d}``
+      (``d`` None where the kernel does not say; Linux's own delay is 2 s):
+      free blocks of ``4 KiB * 2**o`` and more are handed back to the host
+      after ``d`` ms, so writing them again costs a fault in the host as well
+      as the guest. Freshly mapped buffers (every XLA:CPU buffer over 32 MiB,
+      on every call) then write at a fraction of the memory's bandwidth.
+      None where no device reports free pages.
+    """
+    mode = _read("/sys/kernel/mm/transparent_hugepage/enabled")
+    if mode is not None and "[" in mode:
+        mode = mode.split("[", 1)[1].split("]", 1)[0]
+    return {"transparent_hugepages": mode, "free_page_reporting": _free_page_reporting()}
+
+
+VIRTIO_BALLOON_F_REPORTING = 5  # feature bit of a virtio balloon that reports free pages
+
+
+def _free_page_reporting() -> dict | None:
+    balloons = glob.glob("/sys/bus/virtio/drivers/virtio_balloon/virtio*/features")
+    features = [_read(path) or "" for path in balloons]
+    if not any(len(f) > VIRTIO_BALLOON_F_REPORTING and f[VIRTIO_BALLOON_F_REPORTING] == "1" for f in features):
+        return None
+    parameters = "/sys/module/page_reporting/parameters"
+    order, delay = _read(f"{parameters}/page_reporting_order"), _read(f"{parameters}/min_free_ms")
+    return {
+        "order": None if order is None else int(order),
+        "delay_ms": None if delay is None else int(delay),
     }
 
 

@@ -197,6 +197,7 @@ def _run_markdown(run: dict, level: int) -> list[str]:
             if run["tf"].get("available")
             else ""
         ),
+        *_memory_lines(m),
         f"- Ceilings ({_ceilings_source(run)}): {_ceilings_line(ceil)}",
         f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {_calls(run['config'])}; `patches`, `auto` and ConvLocal (and other JAX rows within 5x of `patches`) are timed in turns, one call of each per round; `auto` is then timed again alone, as many calls in a row "
         '("back to back": the steady state of a loop running only this step, without the other rows '
@@ -232,6 +233,7 @@ def _run_markdown(run: dict, level: int) -> list[str]:
             f"{_ratio(speedup(c, DEFAULT, 'forward'))} | {_ratio(speedup(c, DEFAULT, 'train'))} | "
             f"{_ratio(floor_ratio(c, DEFAULT, 'train'))} | {_ratio(back_to_back_floor_ratio(c, DEFAULT, 'train'))} |"
         )
+    lines += _system_time_markdown(run, level)
     lines += ["", f"{h} All rows", ""]
     lines += [
         "| case | implementation | fwd ms | train ms | speed-up vs ConvLocal fwd / train | train x floor | "
@@ -244,6 +246,50 @@ def _run_markdown(run: dict, level: int) -> list[str]:
     standing = STANDING_NOTES if m["backend"] == "cpu" else ACCELERATOR_NOTES
     lines += ["", f"{h} Notes", ""] + [f"- {n}" for n in [*standing, *run.get("notes", [])]]
     return lines
+
+
+def _memory_lines(machine: dict) -> list[str]:
+    """The OS's memory management, where the run recorded it (older runs did not)."""
+    if "transparent_hugepages" not in machine:
+        return []
+    line = f"- Memory: transparent huge pages `{machine['transparent_hugepages']}`"
+    reporting = machine.get("free_page_reporting")
+    if reporting:
+        block = "" if reporting["order"] is None else f" in blocks of {4 * 2 ** reporting['order']} KiB and more"
+        delay = "" if reporting["delay_ms"] is None else f", {reporting['delay_ms']} ms after they are freed"
+        line += (
+            f"; a virtual machine that hands free memory back to its hypervisor{block}{delay} "
+            "(free page reporting), so a freshly mapped buffer faults in the host as well as in the guest"
+        )
+    return [line]
+
+
+def _system_time_markdown(run: dict, level: int) -> list[str]:
+    """The default training step's time in the OS kernel, where the run measured it."""
+    rows = []
+    for c in run["cases"]:
+        row = _row(c, DEFAULT, "train")
+        if row is None or row.get("system_ms") is None:
+            continue
+        steady = row.get("back_to_back") or {}
+        rows.append(
+            f"| {c['name']} | {_ms(row['median_ms'])} | {_ms(row['system_ms'])} | "
+            f"{_ms(steady.get('median_ms'))} | {_ms(steady.get('system_ms'))} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"{'#' * level} Time in the OS kernel (default training step)",
+        "",
+        "CPU time the process spent in the OS kernel per call (both threads, mean over the timed "
+        "calls): page faults on freshly mapped buffers, thread wake-ups. Next to the median wall time "
+        "it shows which cases lose time to the machine's memory management rather than to computing.",
+        "",
+        "| case | train ms, in turns | OS ms per call, in turns | train ms, back to back | OS ms per call, back to back |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 STANDING_NOTES = [

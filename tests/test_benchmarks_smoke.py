@@ -76,6 +76,9 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
     assert "same, back to back" in out_md.read_text()
     assert run["ceilings"]["call_ms"] == min(run["ceilings_start"]["call_ms"], run["ceilings_end"]["call_ms"])
     assert run["ceilings"]["call_ms"] > 0 and "a trivial jitted call" in out_md.read_text()
+    assert auto_train["system_ms"] >= 0 and auto_train["back_to_back"]["system_ms"] >= 0
+    assert "Time in the OS kernel (default training step)" in out_md.read_text()
+    assert {"transparent_hugepages", "free_page_reporting"} <= set(run["machine"])
 
 
 def test_another_machines_run_renders_as_its_own_section(tmp_path):
@@ -122,6 +125,35 @@ def test_time_interleaved_times_each_call_in_rotating_turns():
     assert all(t["min_ms"] <= t["median_ms"] for t in timings)
     # One call of each per round; the first of each round rotates.
     assert order == list("abcbcacababc")
+
+
+def test_time_interleaved_measures_the_os_time_of_each_call():
+    """Page faults on fresh memory show as OS time; a call that does nothing shows almost none."""
+    import numpy as np
+
+    from benchmarks import measure
+
+    def fresh_pages():
+        return np.ones(16 * 2**20, np.float32)  # 64 MiB: freshly mapped and written every call
+
+    def nothing():
+        return None
+
+    faulting, idle = measure.time_interleaved([(fresh_pages, ()), (nothing, ())], repeats=5)
+    assert faulting["system_ms"] > 1.0, faulting  # 16384 page faults take milliseconds
+    assert 0 <= idle["system_ms"] < faulting["system_ms"] / 10, (idle, faulting)
+
+
+def test_memory_management_renders_where_recorded():
+    from benchmarks import report
+
+    machine = {"transparent_hugepages": "madvise", "free_page_reporting": {"order": 9, "delay_ms": 0}}
+    (line,) = report._memory_lines(machine)
+    assert "transparent huge pages `madvise`" in line
+    assert "in blocks of 2048 KiB and more, 0 ms after they are freed" in line
+    (line,) = report._memory_lines({"transparent_hugepages": "always", "free_page_reporting": None})
+    assert line == "- Memory: transparent huge pages `always`"
+    assert report._memory_lines({}) == []  # runs from before these facts were recorded
 
 
 def test_compile_time_is_the_fastest_of_fresh_compilations():

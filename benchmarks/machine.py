@@ -94,7 +94,9 @@ VIRTIO_BALLOON_F_REPORTING = 5  # feature bit of a virtio balloon that reports f
 def _free_page_reporting() -> dict | None:
     balloons = glob.glob("/sys/bus/virtio/drivers/virtio_balloon/virtio*/features")
     features = [_read(path) or "" for path in balloons]
-    if not any(len(f) > VIRTIO_BALLOON_F_REPORTING and f[VIRTIO_BALLOON_F_REPORTING] == "1" for f in features):
+    if not any(
+        len(f) > VIRTIO_BALLOON_F_REPORTING and f[VIRTIO_BALLOON_F_REPORTING] == "1" for f in features
+    ):
         return None
     parameters = "/sys/module/page_reporting/parameters"
     order, delay = _read(f"{parameters}/page_reporting_order"), _read(f"{parameters}/min_free_ms")

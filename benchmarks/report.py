@@ -255,7 +255,9 @@ def _memory_lines(machine: dict) -> list[str]:
     line = f"- Memory: transparent huge pages `{machine['transparent_hugepages']}`"
     reporting = machine.get("free_page_reporting")
     if reporting:
-        block = "" if reporting["order"] is None else f" in blocks of {4 * 2 ** reporting['order']} KiB and more"
+        block = (
+            "" if reporting["order"] is None else f" in blocks of {4 * 2 ** reporting['order']} KiB and more"
+        )
         delay = "" if reporting["delay_ms"] is None else f", {reporting['delay_ms']} ms after they are freed"
         line += (
             f"; a virtual machine that hands free memory back to its hypervisor{block}{delay} "

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import measure
+from benchmarks import allocator, measure
 from benchmarks.cases import Case
 
 
@@ -57,6 +57,7 @@ def describe() -> dict:
         # The vector code the native CPU kernels were built with (avx512, avx2, generic).
         "native_kernels": native_kernels,
         **memory_management(),
+        **allocator.describe(),
     }
 
 
@@ -142,8 +143,9 @@ def measure_ceilings(quick: bool = False) -> dict:
       threshold, so it measures the memory system, not page faults; elsewhere
       1 GiB, far beyond the device's cache.
     * ``copy_fresh_gbps`` (CPU only, else None): the same on 128 MiB, whose
-      buffers are freshly mapped on every call (what a large step's
-      temporaries cost).
+      buffers glibc maps afresh on every call (what a large step's
+      temporaries cost), unless the process reuses freed memory
+      (``allocator.REUSE_TUNABLES``).
     * ``call_ms``: the median time of a trivial jitted call (``x + 1`` on 1024
       floats), dispatch and synchronisation: no call of a case runs faster.
 

@@ -143,10 +143,12 @@ def markdown(run: dict, others: tuple[dict, ...] = ()) -> str:
         "",
         "Regenerate with `python -m benchmarks.run --markdown benchmarks/RESULTS.md "
         "--json benchmarks/results.json` (add `--tf-python PATH` for a Python with "
-        "`tensorflow` and `tf_keras`, and `--also benchmarks/results_cpu_avx512.json "
-        "benchmarks/results_gpu.json` to keep the other machines' sections). The GPU section "
-        "comes from `python -m benchmarks.run --no-tf --slow-limit-s 5 --max-repeats 1000 "
-        "--json benchmarks/results_gpu.json` run on the GPU machine.",
+        "`tensorflow` and `tf_keras`, and `--also benchmarks/results_cpu_default_malloc.json "
+        "benchmarks/results_cpu_avx512.json benchmarks/results_gpu.json` to keep the other "
+        "sections). The GPU section comes from `python -m benchmarks.run --no-tf --slow-limit-s 5 "
+        "--max-repeats 1000 --json benchmarks/results_gpu.json` run on the GPU machine; the "
+        "section with glibc's own malloc settings from `python -m benchmarks.run --malloc default "
+        "--no-tf --cases keras_doc big56 large --json benchmarks/results_cpu_default_malloc.json`.",
         "",
     ]
     lines += _run_markdown(run, level=2)
@@ -157,18 +159,26 @@ def markdown(run: dict, others: tuple[dict, ...] = ()) -> str:
 
 
 def _machine_title(machine: dict) -> str:
-    """A section title naming a run's device, e.g. ``GPU: NVIDIA H100 80GB HBM3``."""
+    """A section title naming a run's device, e.g. ``GPU: NVIDIA H100 80GB HBM3``.
+
+    A CPU run that recorded its allocator and did not reuse freed memory says
+    so, to tell it from the same machine's run that did.
+    """
     if machine.get("accelerator"):
         return f"{machine['backend'].upper()}: {machine['accelerator']}"
-    return f"{machine['backend'].upper()}: {machine['cpu']}"
+    title = f"{machine['backend'].upper()}: {machine['cpu']}"
+    if machine.get("libc") and not machine.get("reuses_freed_memory"):
+        title += ", glibc's malloc as it comes (`--malloc default`)"
+    return title
 
 
-def _ceilings_line(ceil: dict) -> str:
+def _ceilings_line(ceil: dict, reuses_freed_memory: bool = False) -> str:
     """The ceilings as the Method list states them (sizes from the run; older runs: CPU sizes)."""
     copy = f"{ceil['copy_gbps']} GB/s ({ceil.get('copy_mib', 16)} MiB)"
     fresh_mib = ceil.get("copy_fresh_mib", 128)
     if ceil.get("copy_fresh_gbps") is not None:
-        copy += f", {ceil['copy_fresh_gbps']} GB/s ({fresh_mib} MiB, freshly mapped)"
+        where = "into the heap's freed memory" if reuses_freed_memory else "freshly mapped"
+        copy += f", {ceil['copy_fresh_gbps']} GB/s ({fresh_mib} MiB, {where})"
     return (
         f"matmul {ceil['matmul_gflops']['float32']} GFLOP/s float32, "
         f"{ceil['matmul_gflops']['bfloat16']} GFLOP/s bfloat16 ({ceil['matmul_size']}^3, default "
@@ -198,7 +208,7 @@ def _run_markdown(run: dict, level: int) -> list[str]:
             else ""
         ),
         *_memory_lines(m),
-        f"- Ceilings ({_ceilings_source(run)}): {_ceilings_line(ceil)}",
+        f"- Ceilings ({_ceilings_source(run)}): {_ceilings_line(ceil, m.get('reuses_freed_memory', False))}",
         f"- Method: jit, {run['config']['warmup']} warm-up calls, median of {_calls(run['config'])}; `patches`, `auto` and ConvLocal (and other JAX rows within 5x of `patches`) are timed in turns, one call of each per round; `auto` is then timed again alone, as many calls in a row "
         '("back to back": the steady state of a loop running only this step, without the other rows '
         "evicting the caches in between). Training step = `value_and_grad` of `mean(y**2)` w.r.t. parameters and input. "
@@ -263,7 +273,26 @@ def _memory_lines(machine: dict) -> list[str]:
             f"; a virtual machine that hands free memory back to its hypervisor{block}{delay} "
             "(free page reporting), so a freshly mapped buffer faults in the host as well as in the guest"
         )
+    if "libc" in machine:
+        line += f"; {_allocator_words(machine)}"
     return [line]
+
+
+def _allocator_words(machine: dict) -> str:
+    """What the run's allocator did with freed memory (``allocator.describe``'s facts)."""
+    if machine["reuses_freed_memory"]:
+        return (
+            f"{machine['libc']} with `GLIBC_TUNABLES={machine['glibc_tunables']}` (`--malloc reuse`): "
+            "freed buffers stay in the process's heap for the next call, none is mapped afresh, and "
+            "RSS growth counts only memory beyond what earlier rows left in the heap"
+        )
+    if machine["libc"] is None:
+        return "C library not glibc (its allocator as it comes)"
+    tunables = f" (`GLIBC_TUNABLES={machine['glibc_tunables']}`)" if machine["glibc_tunables"] else ""
+    return (
+        f"{machine['libc']}'s malloc as configured{tunables} (`--malloc default`): every buffer over "
+        "32 MiB is mapped afresh, zeroed by the OS and unmapped on every call"
+    )
 
 
 def _system_time_markdown(run: dict, level: int) -> list[str]:
@@ -300,12 +329,13 @@ STANDING_NOTES = [
     "`flax_local:auto` runs the same compiled program as the implementation it picks "
     "(`native` on a single-device CPU): the gap between those two rows is the run-to-run "
     "noise of the machine.",
-    "Temporary buffers over 32 MiB are freshly mapped by glibc's malloc on every call, so "
-    "every implementation pays page faults on large cases (big56, large); the native kernels "
-    "ask for transparent huge pages on their own large outputs (`madvise`), which halved "
-    "big56's kernel-gradient time on the Intel machine and cut the training step of large to "
-    "0.4x (big56 0.6x) on the AMD one, timed back to back; a process can also avoid fresh "
-    "mappings with `MALLOC_MMAP_THRESHOLD_` (not set here).",
+    "With glibc's malloc as it comes, XLA's buffers over 32 MiB are mapped afresh on every "
+    "call, so every implementation pays page faults on the large cases (big56, large); "
+    "`--malloc reuse` (the default since 2026-11-24; each section's Memory line says which a run "
+    "used) keeps freed memory in the heap instead. The native kernels also ask for transparent "
+    "huge pages on their own large outputs (`madvise`), which halved big56's kernel-gradient "
+    "time on the Intel machine and cut the training step of large to 0.4x (big56 0.6x) on the "
+    "AMD one, timed back to back with fresh mappings.",
     "The native kernels split positions across XLA's intra-op thread pool (both cores). "
     "XLA:CPU (jax 0.10.2) runs the `patches` implementation's `dot_general` batched over "
     "positions on one core unless each position's batch is in the thousands, and TensorFlow's "

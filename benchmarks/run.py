@@ -31,8 +31,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks import allocator, jax_impls, machine, measure, report
 from benchmarks import cases as cases_lib
-from benchmarks import jax_impls, machine, measure, report
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tf_keras_worker.py")
 
@@ -81,6 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or $FLAX_LOCAL_TF_PYTHON)",
     )
     parser.add_argument("--no-tf", action="store_true", help="skip tf_keras")
+    parser.add_argument(
+        "--malloc",
+        choices=("reuse", "default"),
+        default="reuse",
+        help="reuse: run (and the tf_keras worker) with glibc keeping freed memory for reuse "
+        "(benchmarks/allocator.py: otherwise every XLA buffer over 32 MiB is mapped, zeroed and "
+        "given back on every call); default: glibc's own settings (default: reuse)",
+    )
     parser.add_argument(
         "--tf-timeout-s",
         type=float,
@@ -370,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
             "compile_repeats": args.compile_repeats,
             "max_matrix_mib": args.max_matrix_mib,
             "slow_limit_s": args.slow_limit_s,
+            "malloc": args.malloc,
         },
         "tf": tf_info,
         "cases": [],
@@ -437,5 +446,28 @@ def _write(path: str, content: str, quiet: bool = False) -> None:
         print(f"wrote {path}")
 
 
+def cli(argv: list[str]) -> None:
+    """The command line: ``main``, in a process started with the allocator ``--malloc`` asks for.
+
+    glibc reads its tunables once, at start-up, so for ``--malloc reuse`` a
+    process started without them runs this module again with them (the same
+    arguments; ``os.execve`` replaces this process).
+    """
+    args = parse_args(argv)
+    if (
+        not args.render
+        and args.malloc == "reuse"
+        and allocator.glibc_version()
+        and not allocator.reuses_freed_memory()
+    ):
+        sys.stdout.flush()
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "benchmarks.run", *argv],
+            allocator.environment_with_reuse(),
+        )
+    main(argv)
+
+
 if __name__ == "__main__":
-    main()
+    cli(sys.argv[1:])

@@ -78,6 +78,11 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
     assert run["ceilings"]["call_ms"] > 0 and "a trivial jitted call" in out_md.read_text()
     assert auto_train["system_ms"] >= 0 and auto_train["back_to_back"]["system_ms"] >= 0
     assert "Time in the OS kernel (default training step)" in out_md.read_text()
+    # The command re-ran itself with glibc keeping freed memory (--malloc reuse, the default).
+    from benchmarks import allocator
+
+    assert run["config"]["malloc"] == "reuse"
+    assert run["machine"]["reuses_freed_memory"] == (allocator.glibc_version() is not None)
     assert {"transparent_hugepages", "free_page_reporting"} <= set(run["machine"])
 
 
@@ -154,6 +159,70 @@ def test_memory_management_renders_where_recorded():
     (line,) = report._memory_lines({"transparent_hugepages": "always", "free_page_reporting": None})
     assert line == "- Memory: transparent huge pages `always`"
     assert report._memory_lines({}) == []  # runs from before these facts were recorded
+
+
+REUSE_PROBE = """
+import resource, threading
+import numpy as np
+
+def fresh():
+    return np.ones(16 * 2**20, np.float32)  # 64 MiB, more than glibc maps per request by default
+
+def work():
+    fresh(), fresh()  # warm-up: the heap grows once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    for _ in range(5):
+        fresh()
+    out.append((resource.getrusage(resource.RUSAGE_SELF).ru_stime - before) / 5 * 1e3)
+
+out = []
+thread = threading.Thread(target=work)  # XLA allocates from its own threads, too
+thread.start()
+thread.join()
+print(out[0])
+"""
+
+
+def test_reuse_tunables_keep_large_buffers_out_of_the_os():
+    """With REUSE_TUNABLES a thread's 64 MiB buffers come back from the heap: no page faults."""
+    import pytest
+
+    from benchmarks import allocator
+
+    if allocator.glibc_version() is None:
+        pytest.skip("GLIBC_TUNABLES needs glibc")
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    os_ms = {}
+    for name, env in (("default", plain), ("reuse", allocator.environment_with_reuse(plain))):
+        done = subprocess.run(
+            [sys.executable, "-c", REUSE_PROBE], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        os_ms[name] = float(done.stdout.split()[-1])
+    assert os_ms["default"] > 1.0, os_ms  # 16384 page faults per call take milliseconds
+    assert os_ms["reuse"] < os_ms["default"] / 10, os_ms
+
+
+def test_allocator_renders_what_the_run_used():
+    from benchmarks import allocator, report
+
+    facts = {"transparent_hugepages": "madvise", "free_page_reporting": None}
+    reuse = {"libc": "glibc 2.36", "glibc_tunables": allocator.REUSE_TUNABLES, "reuses_freed_memory": True}
+    (line,) = report._memory_lines({**facts, **reuse})
+    assert f"glibc 2.36 with `GLIBC_TUNABLES={allocator.REUSE_TUNABLES}` (`--malloc reuse`)" in line
+    plain = {"libc": "glibc 2.36", "glibc_tunables": "", "reuses_freed_memory": False}
+    (line,) = report._memory_lines({**facts, **plain})
+    assert "glibc 2.36's malloc as configured (`--malloc default`): every buffer over 32 MiB" in line
+    (line,) = report._memory_lines(
+        {**facts, "libc": None, "glibc_tunables": "", "reuses_freed_memory": False}
+    )
+    assert line.endswith("C library not glibc (its allocator as it comes)")
+    cpu = {"backend": "cpu", "cpu": "AMD EPYC"}
+    assert report._machine_title({**cpu, **reuse}) == "CPU: AMD EPYC"
+    assert report._machine_title({**cpu, **plain}).endswith("glibc's malloc as it comes (`--malloc default`)")
+    assert report._machine_title(cpu) == "CPU: AMD EPYC"  # runs from before the allocator was recorded
+    assert allocator.reuses_freed_memory(allocator.environment_with_reuse({}))
+    assert not allocator.reuses_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"})
 
 
 def test_compile_time_is_the_fastest_of_fresh_compilations():
@@ -282,3 +351,14 @@ def test_tf_keras_target_compares_against_every_tf_row():
     cases = [case("fast", 1.0, [5.0, 2.0]), case("slow", 3.0, [5.0, 2.0]), case("no_tf", 1.0, [])]
     assert _beats_tf_keras(cases, "train") == {"fast": True, "slow": False}
     assert _beats_tf_keras(cases, "forward") == {}
+
+
+def test_benchmark_docstring_examples_run():
+    """The benchmark modules sit outside pytest's doctest paths; their examples run here."""
+    import doctest
+
+    from benchmarks import allocator, machine, measure
+
+    for module in (allocator, machine, measure):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, (module.__name__, result)

@@ -84,6 +84,31 @@ def environment_with_reuse(environ: dict | None = None) -> dict:
     return environ
 
 
+def environment_without_reuse(environ: dict | None = None) -> dict:
+    """A copy of ``environ`` whose GLIBC_TUNABLES hold none of :data:`REUSE_TUNABLES`.
+
+    Other tunables are kept; GLIBC_TUNABLES is dropped when nothing is left.
+
+    Args:
+      environ: the environment to trim (default: this process's).
+
+    Returns:
+      The new environment, for ``subprocess`` or ``os.execve``.
+
+    Example:
+      >>> environment_without_reuse(environment_with_reuse({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}))
+      {'GLIBC_TUNABLES': 'glibc.malloc.tcache_count=0'}
+      >>> environment_without_reuse({"GLIBC_TUNABLES": REUSE_TUNABLES})
+      {}
+    """
+    environ = dict(os.environ if environ is None else environ)
+    ours = set(REUSE_TUNABLES.split(":"))
+    kept = [s for s in environ.pop("GLIBC_TUNABLES", "").split(":") if s and s not in ours]
+    if kept:
+        environ["GLIBC_TUNABLES"] = ":".join(kept)
+    return environ
+
+
 def describe() -> dict:
     """The allocator facts for the report.
 

@@ -449,23 +449,24 @@ def _write(path: str, content: str, quiet: bool = False) -> None:
 def cli(argv: list[str]) -> None:
     """The command line: ``main``, in a process started with the allocator ``--malloc`` asks for.
 
-    glibc reads its tunables once, at start-up, so for ``--malloc reuse`` a
-    process started without them runs this module again with them (the same
+    glibc reads its tunables once, at start-up, so a process started without
+    the settings of ``--malloc reuse`` (or, for ``--malloc default``, with any
+    of them) runs this module again with the environment it needs (the same
     arguments; ``os.execve`` replaces this process).
     """
     args = parse_args(argv)
-    if (
-        not args.render
-        and args.malloc == "reuse"
-        and allocator.glibc_version()
-        and not allocator.reuses_freed_memory()
-    ):
-        sys.stdout.flush()
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "benchmarks.run", *argv],
-            allocator.environment_with_reuse(),
-        )
+    if not args.render and allocator.glibc_version():
+        environ = None
+        if args.malloc == "reuse" and not allocator.reuses_freed_memory():
+            environ = allocator.environment_with_reuse()
+        elif args.malloc == "default" and "GLIBC_TUNABLES" in os.environ:
+            # Started with our settings (or some of them) already in the environment.
+            trimmed = allocator.environment_without_reuse()
+            if trimmed.get("GLIBC_TUNABLES") != os.environ["GLIBC_TUNABLES"]:
+                environ = trimmed
+        if environ is not None:
+            sys.stdout.flush()
+            os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *argv], environ)
     main(argv)
 
 

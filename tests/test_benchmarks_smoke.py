@@ -223,6 +223,9 @@ def test_allocator_renders_what_the_run_used():
     assert report._machine_title(cpu) == "CPU: AMD EPYC"  # runs from before the allocator was recorded
     assert allocator.reuses_freed_memory(allocator.environment_with_reuse({}))
     assert not allocator.reuses_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"})
+    assert allocator.environment_without_reuse({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1", "A": "b"}) == {
+        "A": "b"
+    }
 
 
 def test_compile_time_is_the_fastest_of_fresh_compilations():
@@ -362,3 +365,26 @@ def test_benchmark_docstring_examples_run():
     for module in (allocator, machine, measure):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, (module.__name__, result)
+
+
+def test_malloc_default_runs_without_the_reuse_settings_even_when_started_with_them(tmp_path):
+    import pytest
+
+    from benchmarks import allocator
+
+    if allocator.glibc_version() is None:
+        pytest.skip("GLIBC_TUNABLES needs glibc")
+    out_json = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--no-tf", "--malloc", "default"]
+        + ["--cases", "tiny1d", "--repeats", "2", "--json", str(out_json)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=allocator.environment_with_reuse({**os.environ, "JAX_PLATFORMS": "cpu"}),
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    facts = json.loads(out_json.read_text())["machine"]
+    assert facts["reuses_freed_memory"] is False, facts
+    assert not set(facts["glibc_tunables"].split(":")) & set(allocator.REUSE_TUNABLES.split(":")), facts

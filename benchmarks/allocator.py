@@ -121,5 +121,5 @@ def describe() -> dict:
     return {
         "libc": libc,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "reuses_freed_memory": libc is not None and libc.startswith("glibc") and reuses_freed_memory(),
+        "reuses_freed_memory": libc is not None and reuses_freed_memory(),
     }

@@ -243,6 +243,8 @@ TURN_ROWS = (REFERENCE_ROW, "flax_local:auto", "ConvLocal")
 BACK_TO_BACK_ROW = "flax_local:auto"
 """The row also timed alone, back to back, after the rows timed in turns."""
 TURN_SLOWDOWN = 5.0
+PROBE_ROW = "machine:matmul"
+"""A square matmul timed in turns with each case's training steps (``matmul_in_turns``)."""
 
 
 def _timed_in_turns(name: str, warmup_ms: float, reference_ms: float | None) -> bool:
@@ -282,8 +284,21 @@ def _record(rows: list, case: cases_lib.Case, mode: str, calls: list, args: argp
         )
 
 
-def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> dict:
-    """All rows of one case."""
+def _matmul_probe(case: cases_lib.Case, size: int, args: argparse.Namespace) -> tuple:
+    """A ``size``-square matmul in the case's dtype, as a call for ``_record``.
+
+    Timed in turns with the case's training steps it gives the matmul ceiling
+    of the moment those steps ran, which on a shared machine drifts from the
+    ceiling measured at the start and the end of the run.
+    """
+    a = jax.random.normal(jax.random.key(0), (size, size), case.dtype)
+    result = measure.prepare(jnp.matmul, (a, a), warmup=args.warmup)
+    del result["outputs"]
+    return {"impl": PROBE_ROW, "mode": "train", "size": size}, result, (a, a)
+
+
+def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict, matmul_size: int) -> dict:
+    """All rows of one case (with the PROBE_ROW of the training steps timed in turns)."""
     x, kernel, bias = jax_impls.inputs(case)
     limit = int(args.max_matrix_mib * 2**20)
     contenders, rows = [], []
@@ -336,6 +351,8 @@ def run_case(case: cases_lib.Case, args: argparse.Namespace, tf_info: dict) -> d
                 # Far slower than "patches": timed alone, at once, so that its
                 # buffers and executable are gone before the rows timed in turns.
                 _record(rows, case, mode, [call], args)
+        if mode == "train" and len(in_turns) > 1:
+            in_turns.append(_matmul_probe(case, matmul_size, args))
         # Timed in turns, so that every row of the case sees the same machine.
         _record(rows, case, mode, in_turns, args)
         del in_turns
@@ -391,7 +408,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{case.name}: {case.summary()}  floor fwd {floors['forward']:.3g} ms train {floors['train']:.3g} ms"
         )
-        rows = run_case(case, args, tf_info)
+        rows = run_case(case, args, tf_info, ceilings["matmul_size"])
+        probe = next((row for row in rows if row["impl"] == PROBE_ROW), None)
         run["cases"].append(
             {
                 "name": case.name,
@@ -399,7 +417,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "costs": costs,
                 "floor_ms": floors,
                 "auto_choice": jax_impls.auto_choice(case),
-                "results": rows,
+                "results": [row for row in rows if row["impl"] != PROBE_ROW],
+                "matmul_in_turns": None
+                if probe is None
+                else {
+                    "size": probe["size"],
+                    "median_ms": probe["median_ms"],
+                    "gflops": 2 * probe["size"] ** 3 / probe["median_ms"] / 1e6,
+                },
             }
         )
         jax.clear_caches()

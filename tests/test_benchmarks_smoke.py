@@ -78,6 +78,11 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
     assert run["ceilings"]["call_ms"] > 0 and "a trivial jitted call" in out_md.read_text()
     assert auto_train["system_ms"] >= 0 and auto_train["back_to_back"]["system_ms"] >= 0
     assert "Time in the OS kernel (default training step)" in out_md.read_text()
+    # A matmul timed in turns with the training steps; its row is the case's probe, not a result.
+    probe = case["matmul_in_turns"]
+    assert probe["size"] == run["ceilings"]["matmul_size"] and probe["gflops"] > 0, probe
+    assert all(not row["impl"].startswith("machine:") for row in case["results"])
+    assert "The floor at each case's own moment" in out_md.read_text()
     # The command re-ran itself with glibc keeping freed memory (--malloc reuse, the default).
     from benchmarks import allocator
 
@@ -388,3 +393,24 @@ def test_malloc_default_runs_without_the_reuse_settings_even_when_started_with_t
     facts = json.loads(out_json.read_text())["machine"]
     assert facts["reuses_freed_memory"] is False, facts
     assert not set(facts["glibc_tunables"].split(":")) & set(allocator.REUSE_TUNABLES.split(":")), facts
+
+
+def test_floor_from_the_matmul_timed_in_turns():
+    """Compute-bound: the floor scales with the matmul of the moment; memory-bound: it does not."""
+    from benchmarks import report
+
+    def case(flops, nbytes, gflops):
+        return {
+            "costs": {"train": {"flops": flops, "bytes": nbytes}},
+            "results": [{"impl": report.DEFAULT, "mode": "train", "median_ms": 6.0}],
+            "matmul_in_turns": {"size": 1024, "median_ms": 1.0, "gflops": gflops},
+        }
+
+    # 1e9 flops at 100 GFLOP/s: a 10 ms floor (bytes: 1 ms at 10 GB/s) -> 6 ms is 0.6x.
+    assert report.floor_ratio_matmul_in_turns(case(1e9, 1e7, 100.0), report.DEFAULT, 10.0) == 0.6
+    # The machine at half speed in the case's turns: a 20 ms floor.
+    assert report.floor_ratio_matmul_in_turns(case(1e9, 1e7, 50.0), report.DEFAULT, 10.0) == 0.3
+    # Memory-bound (1e9 bytes at 10 GB/s: 100 ms), whatever the matmul.
+    assert report.floor_ratio_matmul_in_turns(case(1e6, 1e9, 50.0), report.DEFAULT, 10.0) == 0.06
+    no_probe = {**case(1e9, 1e7, 100.0), "matmul_in_turns": None}
+    assert report.floor_ratio_matmul_in_turns(no_probe, report.DEFAULT, 10.0) is None

@@ -16,7 +16,9 @@ warm-up (fast rows get as many more as fit in ``--min-time-s``), with compile
 time and peak memory. "patches", "auto" and ConvLocal (and any other
 JAX row within 5x of "patches") are timed in turns, one call of each per
 round, so that their ratios compare like with like. The machine's matmul and
-copy ceilings are measured first and give each case a roofline floor.
+copy ceilings are measured first and give each case a roofline floor; a
+matmul timed in the same rounds as a case's training steps gives the floor of
+that moment as well.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def measure_ceilings(quick: bool = False) -> dict:
     for dtype in ("float32", "bfloat16"):
         a = jax.random.normal(key, (n, n), dtype)
         ms = _timed(jax.jit(jnp.matmul), a, a, repeats=repeats)["min_ms"]
-        gflops[dtype] = round(2 * n**3 / ms / 1e6, 1)
+        gflops[dtype] = round(matmul_gflops(n, ms), 1)
         del a
     double = jax.jit(lambda x: x * 2)
     out = {"matmul_gflops": gflops, "matmul_size": n, "copy_mib": copy_mib, "copy_fresh_mib": fresh_mib}
@@ -180,6 +180,16 @@ def measure_ceilings(quick: bool = False) -> dict:
     trivial = _timed(jax.jit(lambda x: x + 1), jnp.zeros((1024,)), repeats=10 * repeats)
     out["call_ms"] = round(trivial["median_ms"], 4)
     return out
+
+
+def matmul_gflops(n: int, ms: float) -> float:
+    """GFLOP/s of an ``n x n`` by ``n x n`` matmul (``2 n^3`` flops) that took ``ms``.
+
+    Example:
+      >>> matmul_gflops(1000, 10.0)
+      200.0
+    """
+    return 2 * n**3 / ms / 1e6
 
 
 def best_ceilings(*measurements: dict) -> dict:

@@ -52,21 +52,17 @@ def back_to_back_floor_ratio(case: dict, impl: str, mode: str) -> float | None:
     return None if not steady else steady["median_ms"] / case["floor_ms"][mode]
 
 
-def floor_ratio_matmul_in_turns(case: dict, impl: str, copy_gbps: float) -> float | None:
-    """``impl``'s training-step median over a floor from the matmul timed in the same turns.
+def floor_ratio_matmul_in_turns(case: dict, impl: str) -> float | None:
+    """``impl``'s training-step median over the floor of the case's own moment.
 
-    The floor is ``max(flops / matmul, bytes / copy)`` as for ``floor_ratio``,
-    with the matmul's GFLOP/s from the median of the probe timed in turns with
-    the case's training steps (``matmul_in_turns``) instead of the run's best:
-    a median against a median of the same rounds, so a machine that slows down
-    during the run moves both. None where the run timed no probe.
+    That floor (``matmul_in_turns["floor_ms"]``, set by the run) takes the
+    matmul's GFLOP/s from the median of a matmul timed in turns with the case's
+    training steps instead of the run's best: a median against a median of the
+    same rounds, so a machine that slows down during the run moves both. None
+    where the run timed no matmul.
     """
     row, probe = _row(case, impl, "train"), case.get("matmul_in_turns")
-    if row is None or not probe:
-        return None
-    cost = case["costs"]["train"]
-    floor_ms = max(cost["flops"] / (probe["gflops"] * 1e9), cost["bytes"] / (copy_gbps * 1e9)) * 1e3
-    return row["median_ms"] / floor_ms
+    return None if row is None or not probe else row["median_ms"] / probe["floor_ms"]
 
 
 def auto_check(case: dict, mode: str) -> dict:
@@ -95,9 +91,7 @@ def targets(run: dict) -> dict:
     floors = {c["name"]: floor_ratio(c, DEFAULT, "train") for c in cases_2d}
     steady_floors = {c["name"]: back_to_back_floor_ratio(c, DEFAULT, "train") for c in cases_2d}
     moment_floors = {
-        c["name"]: floor_ratio_matmul_in_turns(c, DEFAULT, run["ceilings"]["copy_gbps"])
-        for c in cases_2d
-        if c.get("matmul_in_turns")
+        c["name"]: floor_ratio_matmul_in_turns(c, DEFAULT) for c in cases_2d if c.get("matmul_in_turns")
     }
     compile_ok, memory_ok = {}, {}
     for c in cases:
@@ -323,12 +317,12 @@ def _matmul_in_turns_markdown(run: dict, level: int) -> list[str]:
     """The floor from a matmul timed in turns with each case's training steps, where run."""
     rows = []
     for c in run["cases"]:
-        probe = c.get("matmul_in_turns")
-        ratio = floor_ratio_matmul_in_turns(c, DEFAULT, run["ceilings"]["copy_gbps"])
-        if not probe or ratio is None:
+        ratio = floor_ratio_matmul_in_turns(c, DEFAULT)
+        if ratio is None:
             continue
         rows.append(
-            f"| {c['name']} | {probe['gflops']:.0f} | {_ratio(floor_ratio(c, DEFAULT, 'train'))} | "
+            f"| {c['name']} | {c['matmul_in_turns']['gflops']:.0f} | "
+            f"{_ratio(floor_ratio(c, DEFAULT, 'train'))} | "
             f"{_ratio(ratio)} |"
         )
     if not rows:

@@ -81,6 +81,11 @@ def test_quick_benchmark_runs_and_writes_json(tmp_path):
     # A matmul timed in turns with the training steps; its row is the case's probe, not a result.
     probe = case["matmul_in_turns"]
     assert probe["size"] == run["ceilings"]["matmul_size"] and probe["gflops"] > 0, probe
+    from benchmarks.run import _set_moment_floor
+
+    again = {**case, "matmul_in_turns": dict(probe)}
+    _set_moment_floor(again, run["ceilings"])  # its floor is of the run's final ceilings, as floor_ms
+    assert again["matmul_in_turns"]["floor_ms"] == probe["floor_ms"] > 0
     assert all(not row["impl"].startswith("machine:") for row in case["results"])
     assert "The floor at each case's own moment" in out_md.read_text()
     # The command re-ran itself with glibc keeping freed memory (--malloc reuse, the default).
@@ -398,19 +403,26 @@ def test_malloc_default_runs_without_the_reuse_settings_even_when_started_with_t
 def test_floor_from_the_matmul_timed_in_turns():
     """Compute-bound: the floor scales with the matmul of the moment; memory-bound: it does not."""
     from benchmarks import report
+    from benchmarks.run import _set_moment_floor
+
+    ceilings = {"matmul_gflops": {"float32": 200.0}, "copy_gbps": 10.0}
 
     def case(flops, nbytes, gflops):
-        return {
+        entry = {
+            "case": {"dtype": "float32"},
             "costs": {"train": {"flops": flops, "bytes": nbytes}},
             "results": [{"impl": report.DEFAULT, "mode": "train", "median_ms": 6.0}],
             "matmul_in_turns": {"size": 1024, "median_ms": 1.0, "gflops": gflops},
         }
+        _set_moment_floor(entry, ceilings)
+        return entry
 
     # 1e9 flops at 100 GFLOP/s: a 10 ms floor (bytes: 1 ms at 10 GB/s) -> 6 ms is 0.6x.
-    assert report.floor_ratio_matmul_in_turns(case(1e9, 1e7, 100.0), report.DEFAULT, 10.0) == 0.6
+    assert report.floor_ratio_matmul_in_turns(case(1e9, 1e7, 100.0), report.DEFAULT) == 0.6
     # The machine at half speed in the case's turns: a 20 ms floor.
-    assert report.floor_ratio_matmul_in_turns(case(1e9, 1e7, 50.0), report.DEFAULT, 10.0) == 0.3
+    assert report.floor_ratio_matmul_in_turns(case(1e9, 1e7, 50.0), report.DEFAULT) == 0.3
     # Memory-bound (1e9 bytes at 10 GB/s: 100 ms), whatever the matmul.
-    assert report.floor_ratio_matmul_in_turns(case(1e6, 1e9, 50.0), report.DEFAULT, 10.0) == 0.06
+    assert report.floor_ratio_matmul_in_turns(case(1e6, 1e9, 50.0), report.DEFAULT) == 0.06
     no_probe = {**case(1e9, 1e7, 100.0), "matmul_in_turns": None}
-    assert report.floor_ratio_matmul_in_turns(no_probe, report.DEFAULT, 10.0) is None
+    _set_moment_floor(no_probe, ceilings)
+    assert report.floor_ratio_matmul_in_turns(no_probe, report.DEFAULT) is None

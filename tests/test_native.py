@@ -444,6 +444,52 @@ def test_cache_key_covers_every_header(tmp_path, monkeypatch):
     assert len(keys) == 1 + len(native_build.HEADERS)
 
 
+_KERNEL_GRADIENTS = """
+import jax, jax.numpy as jnp, numpy as np
+from flax_local._src import native, native_build
+from flax_local._src.geometry import make_geometry
+from flax_local.functional import locally_connected
+print("threshold", native_build.stream_threshold_bytes())
+rng = np.random.default_rng(3)
+results = {}
+# filters: whole vectors with AVX2 and AVX-512 (32, 16), with AVX2 only (24), neither (20);
+# 2 groups (vmap), padding (rows -1), and enough work for both threads.
+for groups, filters in ((1, 32), (2, 16), (1, 24), (1, 20)):
+    g = make_geometry((12, 10), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
+    x = jnp.asarray(rng.normal(size=(groups, 5, 120, 16)), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(groups, 5, g.num_positions, filters)), jnp.float32)
+    dw, db = jax.jit(lambda x, dy: native.kernel_grad(x, dy, g))(x, dy)
+    results[f"dw{filters}"], results[f"db{filters}"] = np.asarray(dw), np.asarray(db)
+x = rng.normal(size=(6, 11, 9, 8)).astype(np.float32)
+kernel = rng.normal(size=(9, 7, 3, 3, 8, 16)).astype(np.float32)
+loss = lambda x, k: jnp.sum(jnp.sin(locally_connected(x, k, implementation="native")))
+for name, value in zip(("dx", "dkernel"), jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)):
+    results[name] = np.asarray(value)
+np.savez(OUTPUT, **results)
+"""
+
+
+def test_kernel_gradient_written_around_the_cache_is_the_same(tmp_path):
+    """Gradients larger than the cache are written with non-temporal stores: the same numbers.
+
+    A subprocess with ``FLAX_LOCAL_STREAM_BYTES=0`` writes every eligible
+    kernel gradient that way; this process, whose threshold (the cache's size)
+    is far above these gradients, writes them with normal stores.
+    """
+    assert native_build.stream_threshold_bytes() > 1 << 20, "this side must use normal stores"
+    streamed = _run_python(
+        _KERNEL_GRADIENTS.replace("OUTPUT", repr(str(tmp_path / "s.npz"))), FLAX_LOCAL_STREAM_BYTES="0"
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    assert "threshold 0" in streamed.stdout
+    exec(_KERNEL_GRADIENTS.replace("OUTPUT", repr(str(tmp_path / "n.npz"))), {})
+    with np.load(tmp_path / "s.npz") as got, np.load(tmp_path / "n.npz") as want:
+        assert sorted(got.files) == sorted(want.files) and len(got.files) == 10
+        for name in want.files:
+            assert np.abs(want[name]).max() > 0, name
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 _PORTABLE_CHECK = """
 import jax, jax.numpy as jnp, numpy as np
 from flax_local.functional import locally_connected

@@ -134,6 +134,7 @@ def _load() -> None:
         _build(compiler, library)
     handle = ctypes.cdll.LoadLibrary(str(library))
     handle.FlaxLocalVectorPath.restype = ctypes.c_char_p
+    handle.FlaxLocalStreamThresholdBytes.restype = ctypes.c_int64
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu")
     _state["handle"] = handle
@@ -205,3 +206,27 @@ def vector_path() -> str:
     """
     ensure_loaded()
     return _state["handle"].FlaxLocalVectorPath().decode()
+
+
+def stream_threshold_bytes() -> int:
+    """The size above which the kernels write a float32 kernel gradient around the cache.
+
+    A gradient larger than the last-level cache is evicted before the call
+    ends, unread, so the kernels write it with non-temporal stores (no read
+    of each line before it is written). The size is ``$FLAX_LOCAL_STREAM_BYTES``
+    when set when the kernels are first called, else the last-level cache's
+    size as the C library reports it (32 MiB where it does not).
+
+    Returns:
+      The threshold in bytes.
+
+    Raises:
+      NativeUnavailableError: when the kernels cannot be built here.
+
+    Example:
+      >>> from flax_local._src.native_build import is_available, stream_threshold_bytes
+      >>> stream_threshold_bytes() >= 0 if is_available() else True
+      True
+    """
+    ensure_loaded()
+    return int(_state["handle"].FlaxLocalStreamThresholdBytes())

@@ -146,7 +146,10 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Bu
   const int32_t* r_data = rows.typed_data();
   auto* dw_data = dw->typed_data();
   float* db_data = db->typed_data();
-  AdviseHugePages(dw_data, groups * positions * k_total * filters * sizeof(*dw_data));
+  const int64_t dw_bytes = groups * positions * k_total * filters * sizeof(*dw_data);
+  AdviseHugePages(dw_data, dw_bytes);
+  // bfloat16 gradients are narrowed from float32 scratch, which stays in cache.
+  const bool stream = WeightType == ffi::F32 && WritesAroundCache(reinterpret_cast<const float*>(dw_data), dw_bytes, filters);
   std::vector<std::vector<float>> patches(workers), scratch(workers);
   ParallelParts(parts, workers, pool, [&](int64_t part, int64_t worker) {
     std::vector<float>& patch = patches[worker];
@@ -164,9 +167,10 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Bu
       const float* dy_p = g_data + g * g_group + p * filters;
       KernelGradPosition(x_data + g * x_group, input_rows * channels, r_data + p * taps, taps, channels, dy_p,
                          positions * filters, batch, filters, dw_float, db_data + (g * positions + p) * filters,
-                         patch, next != 0 ? dy_p + filters : nullptr, TilePrefetch<WeightType>(next));
+                         patch, next != 0 ? dy_p + filters : nullptr, TilePrefetch<WeightType>(next), stream);
       if constexpr (WeightType == ffi::BF16) Narrow(dw_float, k_total * filters, dw_p);
     }
+    if (stream) StreamFence();
   });
   return ffi::Error::Success();
 }
@@ -310,6 +314,10 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<WeightType> w, ffi::B
 
 FLAX_LOCAL_HANDLERS(, ffi::F32)
 FLAX_LOCAL_HANDLERS(Bf16, ffi::BF16)
+
+// The size above which the kernel gradient (float32) is written around the
+// cache: $FLAX_LOCAL_STREAM_BYTES, or the last-level cache's size.
+extern "C" int64_t FlaxLocalStreamThresholdBytes() { return flax_local::StreamThresholdBytes(); }
 
 // The vector code the kernels were built with: "avx512", "avx2" or "generic"
 // (the compiler's own code for 16-float vectors, correct but 12-32x

@@ -115,6 +115,28 @@ inline void StoreHalf(float* p, HalfVec v, int64_t count) { std::memcpy(p, &v, c
 
 inline void AddStore(float* p, Vec v, int64_t count) { Store(p, LoadLanes(p, count) + v, count); }
 
+// Stores a whole vector at p (aligned to sizeof(Vec)) around the caches
+// (a non-temporal store): the line is not read first, as a normal store reads
+// it, and does not evict data that will be read again. For results larger
+// than the cache, written once and not read before the call returns. Such
+// stores are weakly ordered: a thread calls StreamFence() before it reports
+// its work done.
+inline void StoreStream(float* p, Vec v) {
+#if defined(FLAX_LOCAL_SIMD_AVX512)
+  _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#elif defined(FLAX_LOCAL_SIMD_AVX2)
+  _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+#else
+  std::memcpy(p, &v, sizeof(Vec));
+#endif
+}
+
+inline void StreamFence() {
+#if defined(FLAX_LOCAL_SIMD_AVX512) || defined(FLAX_LOCAL_SIMD_AVX2)
+  _mm_sfence();
+#endif
+}
+
 // Asks for the cache line holding p before it is needed. Each position's
 // weights (and kernel gradient) are read (written) once per call, straight
 // from memory: the tiles ask for the next position's lines as they go through

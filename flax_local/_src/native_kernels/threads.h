@@ -1,5 +1,6 @@
 // Splitting a kernel's positions between the threads of XLA's intra-op pool,
-// and asking for huge pages on large outputs.
+// asking for huge pages on large outputs, and choosing which outputs to write
+// around the cache.
 //
 // Part of the kernels' single translation unit, locally_connected.cc, which
 // includes it once: everything here has internal linkage, as there.
@@ -10,11 +11,16 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace flax_local {
@@ -62,6 +68,55 @@ void AdviseHugePages(void* data, int64_t bytes) {
 #ifdef MADV_HUGEPAGE  // Linux only
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #endif
+}
+
+// The size of the last-level cache the calling thread's core uses, from Linux's
+// /sys/devices/system/cpu/cpu0/cache (sysconf's figure can be the whole
+// package's: 256 MiB on an EPYC whose cores each see a 32 MiB L3), else
+// sysconf's, else 32 MiB.
+int64_t LastLevelCacheBytes() {
+  int64_t best_level = 0, bytes = 0;
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int64_t level = 0, size = 0;
+    std::string unit;
+    if (!(level_file >> level) || !(size_file >> size)) continue;
+    size_file >> unit;  // "K" or "M" right after the number (>> stops at it)
+    size <<= unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : 0;
+    if (level > best_level) best_level = level, bytes = size;
+  }
+  if (bytes > 0) return bytes;
+#if defined(_SC_LEVEL3_CACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+  for (const int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+    if (const long size = sysconf(name); size > 0) return size;
+  }
+#endif
+  return int64_t{32} << 20;
+}
+
+// Outputs larger than this are written around the cache (WritesAroundCache):
+// $FLAX_LOCAL_STREAM_BYTES if set, else LastLevelCacheBytes().
+int64_t StreamThresholdBytes() {
+  static const int64_t bytes = [] {
+    if (const char* set = std::getenv("FLAX_LOCAL_STREAM_BYTES"); set != nullptr && *set != '\0') {
+      return static_cast<int64_t>(std::strtoll(set, nullptr, 10));
+    }
+    return LastLevelCacheBytes();
+  }();
+  return bytes;
+}
+
+// Whether to write an output of `bytes`, rows of `row_floats` floats from
+// `data`, with StoreStream: where it is larger than the last-level cache, its
+// first lines are evicted before the call ends, unread, so reading each line
+// before writing it (what a normal store does) only costs memory traffic
+// (measured with AVX2, timed in turns with normal stores: the kernel gradient
+// in 0.75x the time on large's 326 MB, 0.9x on big56's 107 MB); and where
+// every row starts aligned for whole vectors.
+bool WritesAroundCache(const float* data, int64_t bytes, int64_t row_floats) {
+  return bytes > StreamThresholdBytes() && reinterpret_cast<uintptr_t>(data) % sizeof(Vec) == 0 &&
+         row_floats % kLanes == 0;
 }
 
 // Splits [0, n) into `parts` nearly equal ranges.

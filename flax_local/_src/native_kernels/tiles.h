@@ -216,6 +216,7 @@ struct KernelGradArgs {
   int64_t filters;
   int64_t last_lanes;
   int64_t prefetch;  // dw + prefetch: the same gradient rows of the next position (0: none)
+  bool stream;       // write dw with StoreStream (every row of it aligned for whole vectors), not prefetched
 };
 
 template <int NV, int RK>
@@ -223,7 +224,7 @@ void KernelGradTile(const KernelGradArgs& a) {
   Vec acc[RK][NV] = {};
   for (int64_t b = 0; b < a.batch; ++b) {
     // The tile's RK x NV lines of the next position's gradient, one per row b.
-    if (b < RK * NV) PrefetchWrite(a.dw + a.prefetch + (b / NV) * a.filters + (b % NV) * kLanes);
+    if (!a.stream && b < RK * NV) PrefetchWrite(a.dw + a.prefetch + (b / NV) * a.filters + (b % NV) * kLanes);
     const float* patch = a.patch + b * a.k_total;
     Vec gv[NV];
 #pragma GCC unroll 8
@@ -234,7 +235,22 @@ void KernelGradTile(const KernelGradArgs& a) {
       for (int j = 0; j < NV; ++j) acc[i][j] += patch[i] * gv[j];
     }
   }
-  StoreTile(acc, a.dw, a.filters, a.last_lanes);
+  if (!a.stream) {
+    StoreTile(acc, a.dw, a.filters, a.last_lanes);
+    return;
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < RK; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) {
+      float* out = a.dw + i * a.filters + j * kLanes;
+      if (LanesOf(j, NV, a.last_lanes) == kLanes) {
+        StoreStream(out, acc[i][j]);
+      } else {
+        Store(out, acc[i][j], a.last_lanes);
+      }
+    }
+  }
 }
 
 // KernelGradTile for at most kHalfLanes filters, in half vectors.
@@ -253,10 +269,11 @@ void KernelGradHalfTile(const KernelGradArgs& a) {
 }
 
 // dy_next: the next position's dy rows (null: none), asked for before the
-// tiles run; dw_prefetch: see KernelGradArgs::prefetch.
+// tiles run; dw_prefetch, stream: see KernelGradArgs (stream only where
+// filters is a multiple of kLanes and dw is aligned for whole vectors).
 void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, int64_t taps, int64_t channels,
                         const float* dy, int64_t dy_batch, int64_t batch, int64_t filters, float* dw, float* db,
-                        std::vector<float>& patch, const float* dy_next, int64_t dw_prefetch) {
+                        std::vector<float>& patch, const float* dy_next, int64_t dw_prefetch, bool stream) {
   const int64_t k_total = taps * channels;
   if (dy_next != nullptr) {
     for (int64_t b = 0; b < batch; ++b) {
@@ -291,16 +308,16 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
   }
   if (filters <= kHalfLanes) {
     ForEachRowBlock<kHalfTileRows>(k_total, [&](auto rows_in_tile, int64_t k0) {
-      const KernelGradArgs tile{patch.data() + k0, k_total,    batch,   dy,         dy_batch,
-                                  dw + k0 * filters,   filters, filters, dw_prefetch};
+      const KernelGradArgs tile{patch.data() + k0, k_total, batch,   dy,          dy_batch,
+                                dw + k0 * filters, filters, filters, dw_prefetch, false};
       KernelGradHalfTile<decltype(rows_in_tile)::value>(tile);
     });
   } else {
     ForEachVectorChunk(filters, [&](auto nv, int64_t f0, int64_t last_lanes) {
       constexpr int NV = decltype(nv)::value;
       ForEachRowBlock<RowsFor<NV>()>(k_total, [&](auto rows_in_tile, int64_t k0) {
-        const KernelGradArgs tile{patch.data() + k0,     k_total, batch,      dy + f0,    dy_batch,
-                                  dw + k0 * filters + f0, filters, last_lanes, dw_prefetch};
+        const KernelGradArgs tile{patch.data() + k0,     k_total, batch,      dy + f0,     dy_batch,
+                                  dw + k0 * filters + f0, filters, last_lanes, dw_prefetch, stream};
         KernelGradTile<NV, decltype(rows_in_tile)::value>(tile);
       });
     });

@@ -41,8 +41,13 @@ def glibc_version() -> str | None:
     return version or None
 
 
+def _settings(tunables: str) -> dict[str, str]:
+    """GLIBC_TUNABLES as ``{name: value}``; for a tunable set twice the last, as glibc takes it."""
+    return dict(s.split("=", 1) for s in tunables.split(":") if "=" in s)
+
+
 def reuses_freed_memory(environ: dict | None = None) -> bool:
-    """Whether every setting of :data:`REUSE_TUNABLES` is in ``environ``'s GLIBC_TUNABLES.
+    """Whether ``environ``'s GLIBC_TUNABLES give every setting of :data:`REUSE_TUNABLES` its value.
 
     Args:
       environ: the environment to read (default: this process's).
@@ -55,10 +60,12 @@ def reuses_freed_memory(environ: dict | None = None) -> bool:
       True
       >>> reuses_freed_memory({})
       False
+      >>> reuses_freed_memory({"GLIBC_TUNABLES": REUSE_TUNABLES + ":glibc.malloc.mmap_max=4"})  # set again
+      False
     """
     environ = os.environ if environ is None else environ
-    present = set(environ.get("GLIBC_TUNABLES", "").split(":"))
-    return all(setting in present for setting in REUSE_TUNABLES.split(":"))
+    present = _settings(environ.get("GLIBC_TUNABLES", ""))
+    return all(present.get(name) == value for name, value in _settings(REUSE_TUNABLES).items())
 
 
 def environment_with_reuse(environ: dict | None = None) -> dict:

@@ -214,8 +214,10 @@ def stream_threshold_bytes() -> int:
     A gradient larger than the last-level cache is evicted before the call
     ends, unread, so the kernels write it with non-temporal stores (no read
     of each line before it is written). The size is ``$FLAX_LOCAL_STREAM_BYTES``
-    when set when the kernels are first called, else the last-level cache's
-    size as the C library reports it (32 MiB where it does not).
+    when set when the kernels are first called, else the size of the
+    last-level cache one core sees: Linux's
+    ``/sys/devices/system/cpu/cpu0/cache``, else ``sysconf`` (which may give
+    the whole package's), else 32 MiB.
 
     Returns:
       The threshold in bytes.

@@ -92,6 +92,29 @@ constexpr int RowsFor() {
 
 inline int64_t LanesOf(int j, int nv, int64_t last_lanes) { return j == nv - 1 ? last_lanes : kLanes; }
 
+// Calls tile(integral_constant<bool, partial>), partial = last_lanes < kLanes:
+// a tile whose vectors are all whole then has no lane mask, nor a branch on
+// one, in its inner loop. The two gradients' tiles do so, step their row
+// pointers and ask for the next position's lines before the loop: measured
+// with AVX2, timed in turns with the earlier loop in one process, the kernel
+// gradient took 0.90-0.97x the time on six 2D cases and the input gradient
+// 0.85-0.91x on the three smallest (unchanged on the others).
+template <typename Tile>
+void WithLastVector(int64_t last_lanes, const Tile& tile) {
+  if (last_lanes == kLanes) {
+    tile(std::false_type{});
+  } else {
+    tile(std::true_type{});
+  }
+}
+
+// Vector j of a tile's NV at p: whole, or its last_lanes lanes where it is a
+// partial last vector.
+template <int NV, bool kPartial>
+inline Vec LoadVector(const float* p, int j, int64_t last_lanes) {
+  return kPartial && j == NV - 1 ? LoadLanes(p, last_lanes) : Load(p);
+}
+
 // Stores a tile's accumulators: row i at out + i * row_stride, the last of
 // its NV vectors holding last_lanes lanes.
 template <int R, int NV>
@@ -219,16 +242,24 @@ struct KernelGradArgs {
   bool stream;       // write dw with StoreStream (every row of it aligned for whole vectors), not prefetched
 };
 
-template <int NV, int RK>
+template <int NV, int RK, bool kPartial>
 void KernelGradTile(const KernelGradArgs& a) {
   Vec acc[RK][NV] = {};
-  for (int64_t b = 0; b < a.batch; ++b) {
-    // The tile's RK x NV lines of the next position's gradient, one per row b.
-    if (!a.stream && b < RK * NV) PrefetchWrite(a.dw + a.prefetch + (b / NV) * a.filters + (b % NV) * kLanes);
-    const float* patch = a.patch + b * a.k_total;
+  const int64_t k_total = a.k_total, dy_batch = a.dy_batch, last_lanes = a.last_lanes;
+  if (!a.stream && a.prefetch != 0) {
+    // The tile's RK x NV lines of the next position's gradient.
+#pragma GCC unroll 32
+    for (int i = 0; i < RK; ++i) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) PrefetchWrite(a.dw + a.prefetch + i * a.filters + j * kLanes);
+    }
+  }
+  const float* patch = a.patch;
+  const float* dy = a.dy;
+  for (int64_t b = 0; b < a.batch; ++b, patch += k_total, dy += dy_batch) {
     Vec gv[NV];
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) gv[j] = LoadLanes(a.dy + b * a.dy_batch + j * kLanes, LanesOf(j, NV, a.last_lanes));
+    for (int j = 0; j < NV; ++j) gv[j] = LoadVector<NV, kPartial>(dy + j * kLanes, j, last_lanes);
 #pragma GCC unroll 32
     for (int i = 0; i < RK; ++i) {
 #pragma GCC unroll 8
@@ -236,7 +267,7 @@ void KernelGradTile(const KernelGradArgs& a) {
     }
   }
   if (!a.stream) {
-    StoreTile(acc, a.dw, a.filters, a.last_lanes);
+    StoreTile(acc, a.dw, a.filters, kPartial ? last_lanes : kLanes);
     return;
   }
 #pragma GCC unroll 32
@@ -244,10 +275,10 @@ void KernelGradTile(const KernelGradArgs& a) {
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) {
       float* out = a.dw + i * a.filters + j * kLanes;
-      if (LanesOf(j, NV, a.last_lanes) == kLanes) {
-        StoreStream(out, acc[i][j]);
+      if (kPartial && j == NV - 1) {
+        Store(out, acc[i][j], last_lanes);
       } else {
-        Store(out, acc[i][j], a.last_lanes);
+        StoreStream(out, acc[i][j]);
       }
     }
   }
@@ -318,7 +349,9 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
       ForEachRowBlock<RowsFor<NV>()>(k_total, [&](auto rows_in_tile, int64_t k0) {
         const KernelGradArgs tile{patch.data() + k0,     k_total, batch,      dy + f0,     dy_batch,
                                   dw + k0 * filters + f0, filters, last_lanes, dw_prefetch, stream};
-        KernelGradTile<NV, decltype(rows_in_tile)::value>(tile);
+        WithLastVector(last_lanes, [&](auto partial) {
+          KernelGradTile<NV, decltype(rows_in_tile)::value, decltype(partial)::value>(tile);
+        });
       });
     });
   }
@@ -349,18 +382,23 @@ struct InputGradArgs {
   int64_t prefetch;  // w + prefetch: the same weights of the next position (0: none)
 };
 
-template <int NV, int RK>
+template <int NV, int RK, bool kPartial>
 void InputGradTile(const InputGradArgs& a) {
   Vec acc[RK][NV] = {};
-  for (int64_t f = 0; f < a.filters; ++f) {
-    // The tile's RK rows of the next position's weights, a line per f.
-    if (f * kLineFloats < RK * a.filters) PrefetchRead(a.w + a.prefetch + f * kLineFloats);
+  const int64_t filters = a.filters, batch = a.batch, last_lanes = a.last_lanes;
+  const float* w = a.w;
+  if (a.prefetch != 0) {
+    // The tile's RK rows of the next position's weights.
+    for (int64_t f = 0; f < RK * filters; f += kLineFloats) PrefetchRead(w + a.prefetch + f);
+  }
+  const float* dyt = a.dyt;
+  for (int64_t f = 0; f < filters; ++f, dyt += batch) {
     Vec gv[NV];
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) gv[j] = LoadLanes(a.dyt + f * a.batch + j * kLanes, LanesOf(j, NV, a.last_lanes));
+    for (int j = 0; j < NV; ++j) gv[j] = LoadVector<NV, kPartial>(dyt + j * kLanes, j, last_lanes);
 #pragma GCC unroll 32
     for (int i = 0; i < RK; ++i) {
-      const float wv = a.w[i * a.filters + f];
+      const float wv = w[i * filters + f];
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) acc[i][j] += wv * gv[j];
     }
@@ -370,7 +408,7 @@ void InputGradTile(const InputGradArgs& a) {
     if (a.offsets[i] >= 0) {
       float* dst = a.dxt + a.offsets[i];
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) AddStore(dst + j * kLanes, acc[i][j], LanesOf(j, NV, a.last_lanes));
+      for (int j = 0; j < NV; ++j) AddStore(dst + j * kLanes, acc[i][j], kPartial ? LanesOf(j, NV, last_lanes) : kLanes);
     }
   }
 }
@@ -413,7 +451,9 @@ void InputGradPosition(const InputGradArgs& position, int64_t k_total) {
       InputGradArgs tile = position;
       tile.dyt += b0, tile.dxt += b0, tile.last_lanes = last_lanes;
       tile.w += k0 * position.filters, tile.offsets += k0;
-      InputGradTile<NV, decltype(rows)::value>(tile);
+      WithLastVector(last_lanes, [&](auto partial) {
+        InputGradTile<NV, decltype(rows)::value, decltype(partial)::value>(tile);
+      });
     });
   });
 }

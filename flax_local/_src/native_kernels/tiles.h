@@ -94,11 +94,12 @@ inline int64_t LanesOf(int j, int nv, int64_t last_lanes) { return j == nv - 1 ?
 
 // Calls tile(integral_constant<bool, partial>), partial = last_lanes < kLanes:
 // a tile whose vectors are all whole then has no lane mask, nor a branch on
-// one, in its inner loop. The two gradients' tiles do so, step their row
-// pointers and ask for the next position's lines before the loop: measured
-// with AVX2, timed in turns with the earlier loop in one process, the kernel
-// gradient took 0.90-0.97x the time on six 2D cases and the input gradient
-// 0.85-0.91x on the three smallest (unchanged on the others).
+// one, in its inner loop. With that, stepped row pointers, and (in the two
+// gradients) the next position's lines asked for before the loop, measured
+// with AVX2, timed in turns with the earlier loops in one process: the kernel
+// gradient took 0.90-0.97x the time on six 2D cases, the input gradient
+// 0.85-0.91x on the three smallest (unchanged on the others), the forward
+// 0.91-0.97x where C <= 16 (0.99-1.04x at C = 32, 64).
 template <typename Tile>
 void WithLastVector(int64_t last_lanes, const Tile& tile) {
   if (last_lanes == kLanes) {
@@ -145,37 +146,39 @@ struct ForwardArgs {
   int64_t prefetch;  // w + prefetch: the same weights of the next position (0: none)
 };
 
-template <int NV, int RB>
+template <int NV, int RB, bool kPartial>
 void ForwardTile(const ForwardArgs& a) {
   Vec acc[RB][NV];
+  const int64_t last_lanes = a.last_lanes, channels = a.channels, filters = a.filters, x_batch = a.x_batch;
 #pragma GCC unroll 8
   for (int j = 0; j < NV; ++j) {
-    const Vec bias = LoadLanes(a.bias + j * kLanes, LanesOf(j, NV, a.last_lanes));
+    const Vec bias = LoadVector<NV, kPartial>(a.bias + j * kLanes, j, last_lanes);
 #pragma GCC unroll 32
     for (int i = 0; i < RB; ++i) acc[i][j] = bias;
   }
-  for (int64_t t = 0; t < a.taps; ++t) {
+  const float* wt = a.w;
+  for (int64_t t = 0; t < a.taps; ++t, wt += channels * filters) {
     const int32_t row = a.rows[t];
     if (row < 0) continue;
-    const float* xt = a.x + static_cast<int64_t>(row) * a.channels;
-    const float* wt = a.w + t * a.channels * a.filters;
-    for (int64_t c = 0; c < a.channels; ++c) {
+    const float* xt = a.x + static_cast<int64_t>(row) * channels;
+    const float* wc = wt;
+    for (int64_t c = 0; c < channels; ++c, wc += filters) {
       Vec wv[NV];
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) {
-        if (j * kLanes % kLineFloats == 0) PrefetchRead(wt + a.prefetch + c * a.filters + j * kLanes);
+        if (j * kLanes % kLineFloats == 0) PrefetchRead(wc + a.prefetch + j * kLanes);
       }
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) wv[j] = LoadLanes(wt + c * a.filters + j * kLanes, LanesOf(j, NV, a.last_lanes));
+      for (int j = 0; j < NV; ++j) wv[j] = LoadVector<NV, kPartial>(wc + j * kLanes, j, last_lanes);
 #pragma GCC unroll 32
       for (int i = 0; i < RB; ++i) {
-        const float xv = xt[i * a.x_batch + c];
+        const float xv = xt[i * x_batch + c];
 #pragma GCC unroll 8
         for (int j = 0; j < NV; ++j) acc[i][j] += xv * wv[j];
       }
     }
   }
-  StoreTile(acc, a.y, a.y_batch, a.last_lanes);
+  StoreTile(acc, a.y, a.y_batch, kPartial ? last_lanes : kLanes);
 }
 
 // ForwardTile for at most kHalfLanes filters, in half vectors.
@@ -218,7 +221,9 @@ void ForwardPosition(const ForwardArgs& position, int64_t batch) {
       ForwardArgs tile = position;
       tile.x += b0 * position.x_batch, tile.y += b0 * position.y_batch + f0;
       tile.w += f0, tile.bias += f0, tile.last_lanes = last_lanes;
-      ForwardTile<NV, decltype(rows)::value>(tile);
+      WithLastVector(last_lanes, [&](auto partial) {
+        ForwardTile<NV, decltype(rows)::value, decltype(partial)::value>(tile);
+      });
     });
   });
 }

@@ -150,9 +150,9 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Bu
   AdviseHugePages(dw_data, dw_bytes);
   // bfloat16 gradients are narrowed from float32 scratch, which stays in cache.
   const bool stream = WeightType == ffi::F32 && WritesAroundCache(reinterpret_cast<const float*>(dw_data), dw_bytes, filters);
-  std::vector<std::vector<float>> patches(workers), scratch(workers);
+  std::vector<WindowScratch> windows(workers);
+  std::vector<std::vector<float>> scratch(workers);
   ParallelParts(parts, workers, pool, [&](int64_t part, int64_t worker) {
-    std::vector<float>& patch = patches[worker];
     for (int64_t u = RangeStart(units, parts, part); u < RangeStart(units, parts, part + 1); ++u) {
       const int64_t g = u / positions, p = u % positions;
       const int64_t next = p + 1 < positions ? k_total * filters : 0;
@@ -167,7 +167,7 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Bu
       const float* dy_p = g_data + g * g_group + p * filters;
       KernelGradPosition(x_data + g * x_group, input_rows * channels, r_data + p * taps, taps, channels, dy_p,
                          positions * filters, batch, filters, dw_float, db_data + (g * positions + p) * filters,
-                         patch, next != 0 ? dy_p + filters : nullptr, TilePrefetch<WeightType>(next), stream);
+                         windows[worker], next != 0 ? dy_p + filters : nullptr, TilePrefetch<WeightType>(next), stream);
       if constexpr (WeightType == ffi::BF16) Narrow(dw_float, k_total * filters, dw_p);
     }
     if (stream) StreamFence();

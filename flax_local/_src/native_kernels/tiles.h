@@ -304,12 +304,22 @@ void KernelGradHalfTile(const KernelGradArgs& a) {
   for (int i = 0; i < RK; ++i) StoreHalf(a.dw + i * a.filters, acc[i], a.last_lanes);
 }
 
+// A worker's scratch for gathering windows: the runs of x a window is copied
+// from (see KernelGradPosition) and the gathered window.
+struct WindowScratch {
+  struct Run {
+    int64_t k0, length, source;  // source: x offset of the first element, -1 for padding
+  };
+  std::vector<Run> runs;
+  std::vector<float> patch;
+};
+
 // dy_next: the next position's dy rows (null: none), asked for before the
 // tiles run; dw_prefetch, stream: see KernelGradArgs (stream only where
 // filters is a multiple of kLanes and dw is aligned for whole vectors).
 void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, int64_t taps, int64_t channels,
                         const float* dy, int64_t dy_batch, int64_t batch, int64_t filters, float* dw, float* db,
-                        std::vector<float>& patch, const float* dy_next, int64_t dw_prefetch, bool stream) {
+                        WindowScratch& scratch, const float* dy_next, int64_t dw_prefetch, bool stream) {
   const int64_t k_total = taps * channels;
   if (dy_next != nullptr) {
     for (int64_t b = 0; b < batch; ++b) {
@@ -322,10 +332,10 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
   // of C = 3 channels end mid-vector): lanes past a run's end land on the
   // slots of the next run, or of the next batch row, which are written
   // after it, or in kLanes slots of slack at the end.
-  struct Run {
-    int64_t k0, length, source;  // source: x offset of the first element, -1 for padding
-  };
-  std::vector<Run> runs;
+  using Run = WindowScratch::Run;
+  std::vector<Run>& runs = scratch.runs;
+  std::vector<float>& patch = scratch.patch;
+  runs.clear();
   for (int64_t t0 = 0, t1; t0 < taps; t0 = t1) {
     for (t1 = t0 + 1; t1 < taps && (rows[t0] < 0) == (rows[t1] < 0) && (rows[t0] < 0 || rows[t1] == rows[t1 - 1] + 1);) {
       ++t1;
@@ -360,10 +370,25 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
       });
     });
   }
-  for (int64_t f = 0; f < filters; ++f) db[f] = 0.0f;
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* row = dy + b * dy_batch;
-    for (int64_t f = 0; f < filters; ++f) db[f] += row[f];
+  // db[f] = sum_b dy[b, f], summed in registers a chunk of filters at a time
+  // (summed in db itself, each row's sums waited for the previous row's
+  // stores: 9% of the kernel gradient's time at C = 3, F = 64 in a one-thread
+  // loop with everything in cache; 0.98x the layer's kernel gradient there).
+  constexpr int64_t kSumVectors = 4, kChunk = kSumVectors * kLanes;
+  for (int64_t f0 = 0; f0 < filters; f0 += kChunk) {
+    const int64_t n = std::min(kChunk, filters - f0);
+    Vec sums[kSumVectors] = {};
+    for (int64_t b = 0; b < batch; ++b) {
+      const float* row = dy + b * dy_batch + f0;
+#pragma GCC unroll 4
+      for (int j = 0; j < kSumVectors; ++j) {
+        if (j * kLanes < n) sums[j] += LoadLanes(row + j * kLanes, std::min<int64_t>(kLanes, n - j * kLanes));
+      }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < kSumVectors; ++j) {
+      if (j * kLanes < n) Store(db + f0 + j * kLanes, sums[j], std::min<int64_t>(kLanes, n - j * kLanes));
+    }
   }
 }
 

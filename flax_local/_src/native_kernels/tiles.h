@@ -99,7 +99,7 @@ inline int64_t LanesOf(int j, int nv, int64_t last_lanes) { return j == nv - 1 ?
 // with AVX2, timed in turns with the earlier loops in one process: the kernel
 // gradient took 0.90-0.97x the time on six 2D cases, the input gradient
 // 0.85-0.91x on the three smallest (unchanged on the others), the forward
-// 0.91-0.97x where C <= 16 (0.99-1.04x at C = 32, 64).
+// 0.91-0.96x at C = 3 and within 5% either way elsewhere.
 template <typename Tile>
 void WithLastVector(int64_t last_lanes, const Tile& tile) {
   if (last_lanes == kLanes) {
@@ -109,17 +109,24 @@ void WithLastVector(int64_t last_lanes, const Tile& tile) {
   }
 }
 
+// Helpers a tile calls in or around its loop are always inlined: a call left
+// out of line that takes the accumulators by reference (StoreTile) makes their
+// address escape, and the compiler then keeps them in memory through the whole
+// loop (seen in a test harness once the tiles had two variants each: the
+// forward 2.5x slower).
+#define FLAX_LOCAL_TILE_HELPER inline __attribute__((always_inline))
+
 // Vector j of a tile's NV at p: whole, or its last_lanes lanes where it is a
 // partial last vector.
 template <int NV, bool kPartial>
-inline Vec LoadVector(const float* p, int j, int64_t last_lanes) {
+FLAX_LOCAL_TILE_HELPER Vec LoadVector(const float* p, int j, int64_t last_lanes) {
   return kPartial && j == NV - 1 ? LoadLanes(p, last_lanes) : Load(p);
 }
 
 // Stores a tile's accumulators: row i at out + i * row_stride, the last of
 // its NV vectors holding last_lanes lanes.
 template <int R, int NV>
-inline void StoreTile(const Vec (&acc)[R][NV], float* out, int64_t row_stride, int64_t last_lanes) {
+FLAX_LOCAL_TILE_HELPER void StoreTile(const Vec (&acc)[R][NV], float* out, int64_t row_stride, int64_t last_lanes) {
 #pragma GCC unroll 32
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8

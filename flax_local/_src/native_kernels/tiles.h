@@ -97,9 +97,9 @@ inline int64_t LanesOf(int j, int nv, int64_t last_lanes) { return j == nv - 1 ?
 // one, in its inner loop. With that, stepped row pointers, and (in the two
 // gradients) the next position's lines asked for before the loop, measured
 // with AVX2, timed in turns with the earlier loops in one process: the kernel
-// gradient took 0.90-0.97x the time on six 2D cases, the input gradient
-// 0.85-0.91x on the three smallest (unchanged on the others), the forward
-// 0.91-0.96x at C = 3 and within 5% either way elsewhere.
+// gradient took 0.90-0.98x the time on six 2D cases, the input gradient
+// 0.85-0.91x on the three smallest in one run (0.96-1.0x in another), the
+// forward 0.91-0.96x at C = 3 and within 5% either way elsewhere.
 template <typename Tile>
 void WithLastVector(int64_t last_lanes, const Tile& tile) {
   if (last_lanes == kLanes) {

@@ -180,10 +180,10 @@ def fresh():
 
 def work():
     fresh(), fresh()  # warm-up: the heap grows once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5):
         fresh()
-    out.append((resource.getrusage(resource.RUSAGE_SELF).ru_stime - before) / 5 * 1e3)
+    out.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 
 out = []
 thread = threading.Thread(target=work)  # XLA allocates from its own threads, too
@@ -194,7 +194,12 @@ print(out[0])
 
 
 def test_reuse_tunables_keep_large_buffers_out_of_the_os():
-    """With REUSE_TUNABLES a thread's 64 MiB buffers come back from the heap: no page faults."""
+    """With REUSE_TUNABLES a thread's 64 MiB buffers come back from the heap: no page faults.
+
+    Counts the page faults themselves (exact): the OS time they cost is
+    accounted in scheduler ticks, and one tick landing in the reused
+    buffers' calls once made them look a fifth as costly as fresh ones.
+    """
     import pytest
 
     from benchmarks import allocator
@@ -202,15 +207,17 @@ def test_reuse_tunables_keep_large_buffers_out_of_the_os():
     if allocator.glibc_version() is None:
         pytest.skip("GLIBC_TUNABLES needs glibc")
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    os_ms = {}
+    faults = {}
     for name, env in (("default", plain), ("reuse", allocator.environment_with_reuse(plain))):
         done = subprocess.run(
             [sys.executable, "-c", REUSE_PROBE], capture_output=True, text=True, timeout=60, env=env
         )
         assert done.returncode == 0, done.stderr[-2000:]
-        os_ms[name] = float(done.stdout.split()[-1])
-    assert os_ms["default"] > 1.0, os_ms  # 16384 page faults per call take milliseconds
-    assert os_ms["reuse"] < os_ms["default"] / 10, os_ms
+        faults[name] = float(done.stdout.split()[-1])
+    # A fresh 64 MiB mapping faults once per page: 16384 4 KiB pages, or about
+    # 32 huge ones (numpy asks for huge pages on large arrays).
+    assert faults["default"] >= 16, faults
+    assert faults["reuse"] < faults["default"] / 10, faults
 
 
 def test_allocator_renders_what_the_run_used():

@@ -23,7 +23,7 @@ from flax_local._src import geometry as geometry_lib
 from flax_local._src import initializers as initializers_lib
 from flax_local._src import regularizers as regularizers_lib
 from flax_local._src.activations import ACTIVATIONS
-from flax_local._src.keras_layouts import KerasLayout, check_implementation
+from flax_local._src.keras.layouts import KerasLayout, check_implementation
 from flax_local._src.linen import LocallyConnected, LocallyConnected1D, LocallyConnected2D
 
 KERAS_CLASSES = {"LocallyConnected1D": 1, "LocallyConnected2D": 2}

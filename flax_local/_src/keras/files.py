@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from flax_local._src.keras_config import KERAS_CLASSES, from_keras, keras_layout
-from flax_local._src.keras_layouts import infer_input_shape
+from flax_local._src.keras.importing import KERAS_CLASSES, from_keras, keras_layout
+from flax_local._src.keras.layouts import infer_input_shape
 
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 

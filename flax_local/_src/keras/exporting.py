@@ -7,34 +7,44 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from flax import nnx
+from flax.core import meta
 
+from flax_local import functional
+from flax_local._src import arguments
 from flax_local._src import constraints as constraints_lib
-from flax_local._src import geometry as geometry_lib
 from flax_local._src import regularizers as regularizers_lib
 from flax_local._src.activations import ACTIVATIONS
-from flax_local._src.keras.layouts import KerasLayout, check_implementation
+from flax_local._src.keras.layouts import KerasLayout, check_keras_implementation
 from flax_local._src.keras.objects import unit_axes
 
 
 def _module_layout(module: Any, input_shape: Sequence[int], implementation: int) -> KerasLayout:
     """The Keras layout computing what ``module`` computes, or a ValueError."""
+    _check_module(module)
     rank = module.rank
-    kernel_size, strides, padding, dilation = geometry_lib.check_geometry_arguments(
-        rank, module.kernel_size, module.strides, module.padding, module.dilation_rate
-    )
-    if any(d != 1 for d in dilation):
-        raise ValueError(f"tf_keras LocallyConnected layers have no dilation; got dilation_rate={dilation}.")
     if rank not in (1, 2):
         raise ValueError(f"tf_keras has LocallyConnected1D and 2D only; the module has rank {rank}.")
-    data_format = module.data_format.lower()
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != rank + 1:
+    data_format = arguments.check_data_format(module.data_format)
+    if not isinstance(input_shape, Sequence) or len(input_shape) != rank + 1:
         raise ValueError(
             f"input_shape must be the input's shape without batch ({rank} spatial dimension(s) and "
-            f"channels, {data_format}), got {input_shape}."
+            f"channels, {data_format}), got {input_shape!r}."
         )
+    input_shape = arguments.to_tuple(input_shape, rank + 1, "input_shape")
     spatial = input_shape[:-1] if data_format == "channels_last" else input_shape[1:]
-    ours = geometry_lib.make_geometry(spatial, kernel_size, strides, padding, dilation)
+    ours = functional.geometry(
+        spatial,
+        module.kernel_size,
+        strides=module.strides,
+        padding=module.padding,
+        dilation_rate=module.dilation_rate,
+    )
+    kernel_size, strides = ours.kernel_size, ours.strides
+    if any(d != 1 for d in ours.dilation):
+        raise ValueError(
+            f"tf_keras LocallyConnected layers have no dilation; got dilation_rate={ours.dilation}."
+        )
     candidates = ("valid",) if implementation == 1 else ("valid", "same")
     for keras_padding in candidates:
         try:
@@ -58,8 +68,49 @@ def _module_layout(module: Any, input_shape: Sequence[int], implementation: int)
     )
 
 
-def _params(variables: Mapping[str, Any]) -> Mapping[str, Any]:
-    return variables["params"] if "params" in variables else variables
+_MODULE_ATTRIBUTES = (
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "dilation_rate",
+    "data_format",
+    "use_bias",
+)
+
+
+def _check_module(module: Any) -> None:
+    """Raises unless ``module`` is a flax_local LocallyConnected layer (linen or NNX)."""
+    missing = [name for name in (*_MODULE_ATTRIBUTES, "rank") if not hasattr(module, name)]
+    if missing:
+        raise ValueError(
+            "module must be a flax_local LocallyConnected1D/2D (flax_local.LocallyConnected2D or "
+            f"flax_local.nnx.LocallyConnected2D, ...), got {type(module).__name__}, which lacks {missing}."
+        )
+
+
+def _weight(params: Any, name: str) -> np.ndarray:
+    """``params[name]`` as a numpy array, unboxed from flax's partitioning or NNX's Variable."""
+    if not isinstance(params, Mapping) or name not in params:
+        keys = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(
+            f"variables have no {name!r} (got {keys}); pass what module.init returns, "
+            "{'params': {'kernel': ..., 'bias': ...}} (no 'bias' without use_bias), or nnx.state(module)."
+        )
+    value = params[name]
+    if isinstance(value, meta.AxisMetadata):  # nn.with_(logical_)partitioning boxes
+        value = value.unbox()
+    if isinstance(value, nnx.Variable):
+        value = value.get_value()
+    return np.asarray(value)
+
+
+def _params(module: Any, variables: Any) -> Any:
+    if variables is None and isinstance(module, nnx.Module):
+        return {"kernel": module.kernel, **({"bias": module.bias} if module.use_bias else {})}
+    if isinstance(variables, Mapping) and "params" in variables:
+        return variables["params"]
+    return variables
 
 
 def to_keras(
@@ -77,8 +128,11 @@ def to_keras(
 
     Args:
       module: a ``LocallyConnected1D``/``2D`` (or ``LocallyConnected`` of rank 1
-        or 2) without dilation.
-      variables: ``{"params": {"kernel", "bias"}}`` (or the params dict).
+        or 2) without dilation, linen or NNX.
+      variables: ``{"params": {"kernel", "bias"}}`` as ``module.init``
+        returns it (boxed by ``logical_partitioning=True`` or not), the
+        params dict, ``nnx.state(module)``, or None for an NNX module's own
+        parameters.
       input_shape: the input shape without batch, in the module's
         ``data_format``.
       implementation: the Keras implementation, 1, 2 or 3. Implementation 2's
@@ -87,6 +141,10 @@ def to_keras(
     Returns:
       ``[kernel, bias]`` (``[kernel]`` without bias) as numpy arrays, for
       ``keras_layer.set_weights``.
+
+    Raises:
+      ValueError: for a module or padding Keras cannot express, or variables
+        without the module's ``kernel`` (or ``bias``) of the right shape.
 
     Example:
       >>> import numpy as np
@@ -99,12 +157,12 @@ def to_keras(
       >>> [w.shape for w in to_keras(module, variables, (6, 5), implementation=2)]
       [(6, 5, 4, 2), (4, 2)]
     """
-    implementation = check_implementation(implementation)
+    implementation = check_keras_implementation(implementation)
     layout = _module_layout(module, input_shape, implementation)
-    params = _params(variables)
-    weights = [layout.kernel_to_keras(np.asarray(params["kernel"]), implementation)]
+    params = _params(module, variables)
+    weights = [layout.kernel_to_keras(_weight(params, "kernel"), implementation)]
     if module.use_bias:
-        weights.append(layout.bias_to_keras(np.asarray(params["bias"])))
+        weights.append(layout.bias_to_keras(_weight(params, "bias")))
     return weights
 
 
@@ -158,7 +216,9 @@ def to_keras_config(module: Any, input_shape: Sequence[int], implementation: int
     exported; callables are not (the weights come from ``to_keras``), and
     neither are flax_local's ``dtype``/``param_dtype``. Norm constraints are
     exported with the Keras ``axis`` that means "per unit" (see
-    ``unit_axes``); implementation 3 has none, so they raise there.
+    ``unit_axes``); implementation 3 has none, so they raise there. NNX
+    modules (``flax_local.nnx``) keep no initializers, so theirs are left to
+    Keras's defaults.
 
     Example:
       >>> import flax_local
@@ -167,7 +227,7 @@ def to_keras_config(module: Any, input_shape: Sequence[int], implementation: int
       >>> config["padding"], config["kernel_size"], config["implementation"]
       ('same', (2, 2), 3)
     """
-    implementation = check_implementation(implementation)
+    implementation = check_keras_implementation(implementation)
     layout = _module_layout(module, input_shape, implementation)
     config: dict[str, Any] = {
         "filters": layout.filters,
@@ -189,7 +249,7 @@ def to_keras_config(module: Any, input_shape: Sequence[int], implementation: int
         "implementation": implementation,
     }
     for key in ("kernel_initializer", "bias_initializer"):
-        value = getattr(module, key)
+        value = getattr(module, key, None)
         if isinstance(value, str):
             config[key] = value.lower()
     return config

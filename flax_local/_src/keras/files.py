@@ -17,6 +17,9 @@ What tf_keras 2.x writes (measured with tf_keras 2.21):
   ``<name>`` is not the layer's name but its class name in snake case,
   numbered among the model's layers of that class: ``locally_connected2d``,
   ``locally_connected2d_1``, ...; nested models add ``layers/<sub>/layers/...``.
+
+Every failure to read a file raises a ``ValueError`` that names the file and
+what was wrong with it (a missing file raises ``FileNotFoundError``).
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from flax_local._src import arguments
+from flax_local._src.keras import graph
 from flax_local._src.keras.importing import KERAS_CLASSES, from_keras, keras_layout
 from flax_local._src.keras.layouts import infer_input_shape
-
-_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+from flax_local._src.keras.objects import check_param_dtype
 
 
 def _h5py() -> Any:
@@ -47,55 +50,92 @@ def _h5py() -> Any:
     return h5py
 
 
-def _snake_case(name: str) -> str:
-    """tf_keras's ``generic_utils.to_snake_case``."""
-    intermediate = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    snake = re.sub("([a-z])([A-Z])", r"\1_\2", intermediate).lower()
-    return snake if snake[0] != "_" else "private" + snake
-
-
 def _decode(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _parse_config(path: str, text: Any, where: str) -> dict[str, Any]:
+    """The model config JSON at ``where`` in ``path``, or a ValueError naming both."""
+    try:
+        config = json.loads(_decode(text))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: {where} is not valid JSON ({error}).") from error
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(
+            f"{path}: {where} is not a tf_keras model config (a JSON object with 'class_name'), "
+            f"got {str(config):.80}."
+        )
+    return config
 
 
 class _ModelFile:
     """The config and weight store of a ``.h5`` or ``.keras`` model file."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, weights: bool = True):
         self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"no such Keras model file: {self.path!r}.")
         h5py = _h5py()
+        self.h5 = None
         if zipfile.is_zipfile(self.path):
-            with zipfile.ZipFile(self.path) as archive:
-                names = set(archive.namelist())
-                if "config.json" not in names or "model.weights.h5" not in names:
-                    raise ValueError(
-                        f"{self.path} is a zip file but not a tf_keras .keras model (it lacks "
-                        f"config.json or model.weights.h5; it has {sorted(names)})."
-                    )
-                self.config = json.loads(archive.read("config.json"))
-                weights = archive.read("model.weights.h5")
             self.format = "keras"
-            self.h5 = h5py.File(io.BytesIO(weights), "r")
-        else:
             try:
-                self.h5 = h5py.File(self.path, "r")
-            except OSError as error:
-                raise ValueError(f"{self.path} is neither a .keras zip nor an HDF5 file.") from error
+                with zipfile.ZipFile(self.path) as archive:
+                    names = set(archive.namelist())
+                    if "config.json" not in names or (weights and "model.weights.h5" not in names):
+                        raise ValueError(
+                            f"{self.path} is a zip file but not a tf_keras .keras model (it lacks "
+                            f"config.json or model.weights.h5; it has {sorted(names)})."
+                        )
+                    self.config = _parse_config(self.path, archive.read("config.json"), "config.json")
+                    data = archive.read("model.weights.h5") if weights else None
+            except (zipfile.BadZipFile, OSError, EOFError) as error:
+                raise ValueError(f"{self.path}: the .keras zip archive is corrupt ({error}).") from error
+            if data is not None:
+                try:
+                    self.h5 = h5py.File(io.BytesIO(data), "r")
+                except OSError as error:
+                    raise ValueError(
+                        f"{self.path}: model.weights.h5 inside the .keras archive is not a readable HDF5 "
+                        f"file ({error})."
+                    ) from error
+            return
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError as error:
+            raise ValueError(f"{self.path} is neither a .keras zip nor an HDF5 file ({error}).") from error
+        try:
             if "model_config" not in self.h5.attrs:
-                self.h5.close()
                 raise ValueError(
                     f"{self.path} holds no model config (it was probably written by save_weights()); "
                     "save the whole model with model.save(), or convert layers one by one with "
                     "from_keras(layer.get_config(), layer.get_weights(), input_shape)."
                 )
-            self.config = json.loads(_decode(self.h5.attrs["model_config"]))
+            self.config = _parse_config(
+                self.path, self.h5.attrs["model_config"], "the model_config attribute"
+            )
             self.format = "h5"
+        except BaseException:
+            self.close()
+            raise
+        if not weights:
+            self.close()
 
     def close(self) -> None:
-        self.h5.close()
+        if self.h5 is not None:
+            self.h5.close()
+            self.h5 = None
 
-    def weights(self, path: tuple[str, ...], keras_path: str) -> list[np.ndarray]:
-        """The weights of the layer at ``path`` (layer names from the top)."""
+    def weights(self, layer: graph.Layer) -> list[np.ndarray]:
+        """The weights of ``layer``, in ``get_weights()`` order."""
+        try:
+            return self._weights(layer.path, layer.keras_path)
+        except (OSError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"{self.path}: cannot read the weights of layer {layer.key!r} ({error})."
+            ) from error
+
+    def _weights(self, path: tuple[str, ...], keras_path: str) -> list[np.ndarray]:
         if self.format == "keras":
             group = self.h5.get(f"{keras_path}/vars")
             if group is None:
@@ -123,6 +163,11 @@ def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns:
       ``{"class_name": ..., "config": {...}}`` as JSON-decoded by tf_keras.
 
+    Raises:
+      ValueError: naming the file, when it is not a tf_keras model file or
+        its config is missing or not valid JSON.
+      FileNotFoundError: when there is no file at ``path``.
+
     Example:
       >>> import os, tempfile, zipfile
       >>> path = os.path.join(tempfile.mkdtemp(), "empty.keras")
@@ -132,86 +177,7 @@ def read_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
       >>> read_model_config(path)["class_name"]
       'Sequential'
     """
-    path = os.fspath(path)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
-        if "model_config" not in f.attrs:
-            raise ValueError(f"{path} holds no model config (written by save_weights()?).")
-        return json.loads(_decode(f.attrs["model_config"]))
-
-
-class _Layer:
-    """A LocallyConnected layer found in a model config."""
-
-    def __init__(
-        self, entry: Mapping[str, Any], path: tuple[str, ...], keras_path: str, model: Mapping[str, Any]
-    ):
-        self.entry = entry
-        self.config = dict(entry["config"])
-        self.path = path
-        self.keras_path = keras_path
-        self.model = model  # the config of the model that holds it
-
-    @property
-    def key(self) -> str:
-        return "/".join(self.path)
-
-
-def _model_layers(model: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    layers = model.get("config", {}).get("layers")
-    return list(layers) if isinstance(layers, list) else []
-
-
-def _walk(model: Mapping[str, Any], path: tuple[str, ...] = (), keras_path: str = "") -> Iterator[_Layer]:
-    counts: dict[str, int] = {}
-    for entry in _model_layers(model):
-        class_name = entry.get("class_name", "")
-        config = entry.get("config", {})
-        name = config.get("name", entry.get("name", ""))
-        snake = _snake_case(class_name) if class_name else "layer"
-        index = counts.get(snake, -1) + 1
-        counts[snake] = index
-        inner = f"{keras_path}layers/{snake if index == 0 else f'{snake}_{index}'}"
-        if class_name in KERAS_CLASSES:
-            yield _Layer(entry, (*path, name), inner, model)
-        elif class_name in _MODEL_CLASSES or "layers" in config:
-            yield from _walk(entry, (*path, name), inner + "/")
-
-
-def _inbound_names(entry: Mapping[str, Any]) -> list[str]:
-    """Names of the layers feeding a functional-model layer (both node formats)."""
-    names = []
-    for node in entry.get("inbound_nodes") or []:
-        if isinstance(node, list):  # [[name, node_index, tensor_index, kwargs], ...]
-            names.extend(str(item[0]) for item in node if isinstance(item, list) and item)
-        elif isinstance(node, Mapping):  # {"args": [{"config": {"keras_history": [...]}}], ...}
-            for arg in node.get("args", []):
-                history = arg.get("config", {}).get("keras_history") if isinstance(arg, Mapping) else None
-                if history:
-                    names.append(str(history[0]))
-    return names
-
-
-def _declared_input_shape(layer: _Layer) -> tuple[int, ...] | None:
-    """The input shape recorded in the config, without batch, if any."""
-    build = layer.entry.get("build_config") or {}
-    shape = build.get("input_shape") or layer.config.get("batch_input_shape")
-    if shape is None:
-        model_layers = _model_layers(layer.model)
-        by_name = {e.get("config", {}).get("name", e.get("name")): e for e in model_layers}
-        sources = _inbound_names(layer.entry)
-        if not sources and layer.model.get("class_name") == "Sequential":
-            position = next(i for i, e in enumerate(model_layers) if e is layer.entry)
-            if position > 0:
-                sources = [model_layers[position - 1].get("config", {}).get("name")]
-        if len(sources) == 1 and by_name.get(sources[0], {}).get("class_name") == "InputLayer":
-            shape = by_name[sources[0]]["config"].get("batch_input_shape")
-    if shape is None or any(v is None for v in shape[1:]):
-        return None
-    return tuple(int(v) for v in shape[1:])
+    return _ModelFile(path, weights=False).config
 
 
 def load_weights(
@@ -219,15 +185,21 @@ def load_weights(
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     implementation: str | int | None = None,
+    param_dtype: Any = None,
 ) -> dict[str, tuple[Any, dict[str, dict[str, Any]]]]:
     """Converts every LocallyConnected1D/2D layer of a saved tf_keras model.
 
     The file is read with h5py (and zipfile); TensorFlow is not needed.
-    Each layer's input shape comes from the file (the ``build_config`` of a
-    ``.keras`` file, the layer's ``batch_input_shape``, or the ``InputLayer``
-    feeding it) or else from its weights where they determine it
-    (implementation 2 kernels hold it; implementation 1 in 1D with stride 1).
-    Layers deeper in a ``.h5`` model need ``input_shapes``.
+    Each layer's input shape comes, in this order, from ``input_shapes``, from
+    the layer's own record (the ``build_config`` of a ``.keras`` file, its
+    ``batch_input_shape``), from the model graph, or from its weights where
+    they determine it (implementation 2 kernels hold it; implementation 1 in
+    1D with stride 1). The graph is walked from the model's ``InputLayer``: a
+    LocallyConnected layer's output shape follows from its config, and
+    shape-preserving layers (Activation, Dropout, BatchNormalization,
+    LayerNormalization, GaussianNoise, ...) pass theirs on, through nested
+    models too. A layer behind any other layer (Flatten, Reshape, Dense, ...)
+    needs ``input_shapes``.
 
     Args:
       path: a model file written by tf_keras ``model.save("....h5")`` or
@@ -236,6 +208,8 @@ def load_weights(
         ``data_format``) by layer key, overriding the file.
       implementation: flax_local implementation for every module; default
         (None) keeps each layer's Keras choice.
+      param_dtype: the variables' dtype for every module; default (None)
+        each layer's Keras dtype (see ``from_keras``).
 
     Returns:
       ``{key: (module, variables)}`` in the model's layer order, as
@@ -243,9 +217,12 @@ def load_weights(
       the names of enclosing models (``"inner_model/layer"``) for nested ones.
 
     Raises:
-      ValueError: for a file that is not a full tf_keras model, a layer
-        config without a flax_local equivalent, or a layer whose input shape
-        is neither recorded nor implied by its weights.
+      ValueError: naming the file, for a file that is not a readable tf_keras
+        model, a layer config without a flax_local equivalent, weights that
+        do not fit their config, or a layer whose input shape neither the file
+        nor its weights determine (the message names the layer that hides it
+        and the ``input_shapes`` entry to pass).
+      FileNotFoundError: when there is no file at ``path``.
 
     Example:
       >>> from flax_local.keras import load_weights
@@ -254,55 +231,91 @@ def load_weights(
       >>> y = module.apply(variables, x)  # doctest: +SKIP
     """
     overrides = dict(input_shapes or {})
+    if param_dtype is not None:
+        param_dtype = check_param_dtype(param_dtype, "param_dtype")
     model_file = _ModelFile(path)
     try:
-        found = list(_walk(model_file.config))
+        found = list(graph.find_layers(model_file.config))
         unknown = set(overrides) - {layer.key for layer in found} - {layer.path[-1] for layer in found}
         if unknown:
             raise ValueError(
                 f"input_shapes names {sorted(unknown)}, which are not LocallyConnected layers of "
                 f"{model_file.path} (those are {[layer.key for layer in found]})."
             )
+        weights = {layer.key: model_file.weights(layer) for layer in found}
+        resolved: dict[str, graph.Shape] = {}
+
+        def input_shape(layer: graph.Layer) -> graph.Shape:
+            if layer.key not in resolved:
+                resolved[layer.key] = _input_shape(
+                    layer, overrides, shapes, weights[layer.key], model_file.path
+                )
+            return resolved[layer.key]
+
+        shapes = graph.Shapes(found, input_shape)
         result = {}
         for layer in found:
-            weights = model_file.weights(layer.path, layer.keras_path)
-            shape = overrides.get(layer.key, overrides.get(layer.path[-1]))
-            if shape is None:
-                shape = _declared_input_shape(layer)
-            if shape is None:
-                shape = _inferred_input_shape(layer, weights)
-            if shape is None:
+            try:
+                shape = input_shape(layer)
+            except graph.UnknownShape as error:
                 raise ValueError(
                     f"{model_file.path}: the input shape of layer {layer.key!r} is not recorded in the "
-                    "file and its weights do not determine it; pass "
+                    f"file and neither the model graph nor its weights determine it ({error}); pass "
                     f"input_shapes={{{layer.key!r}: (...)}} (without batch, in its data_format)."
+                ) from None
+            try:
+                result[layer.key] = from_keras(
+                    {"class_name": layer.entry["class_name"], "config": layer.config},
+                    weights[layer.key],
+                    shape,
+                    implementation=implementation,
+                    param_dtype=param_dtype,
                 )
-            result[layer.key] = from_keras(
-                {"class_name": layer.entry["class_name"], "config": layer.config},
-                weights,
-                tuple(shape),
-                implementation=implementation,
-            )
+            except ValueError as error:
+                raise ValueError(f"{model_file.path}: layer {layer.key!r}: {error}") from error
         return result
     finally:
         model_file.close()
 
 
-def _inferred_input_shape(layer: _Layer, weights: list[np.ndarray]) -> tuple[int, ...] | None:
+def _input_shape(
+    layer: graph.Layer,
+    overrides: Mapping[str, Sequence[int]],
+    shapes: graph.Shapes,
+    weights: list[np.ndarray],
+) -> graph.Shape:
+    """A LocallyConnected layer's input shape: given, recorded, from the graph, or from its weights."""
+    given = overrides.get(layer.key, overrides.get(layer.path[-1]))
+    if given is not None:
+        return tuple(given)
+    declared = graph.declared_input_shape(layer.entry)
+    if declared is not None:
+        return declared
+    try:
+        return shapes.input_shape(layer.scope, layer.entry)
+    except graph.UnknownShape:
+        inferred = _inferred_input_shape(layer, weights)
+        if inferred is None:
+            raise
+        return inferred
+
+
+def _inferred_input_shape(layer: graph.Layer, weights: list[np.ndarray]) -> graph.Shape | None:
+    if not weights:
+        return None
     rank = KERAS_CLASSES[layer.entry["class_name"]]
     config = layer.config
-    kernel_size = config["kernel_size"]
-    kernel_size = (kernel_size,) * rank if isinstance(kernel_size, int) else tuple(kernel_size)
-    strides = config.get("strides", 1)
-    strides = (strides,) * rank if isinstance(strides, int) else tuple(strides)
-    shape = infer_input_shape(
-        weights[0].shape,
-        implementation=int(config.get("implementation", 1)),
-        kernel_size=kernel_size,
-        strides=strides,
-        padding=config.get("padding", "valid"),
-        data_format=config.get("data_format") or "channels_last",
-    )
-    if shape is not None:
-        keras_layout({"class_name": layer.entry["class_name"], "config": config}, shape)
+    try:
+        shape = infer_input_shape(
+            weights[0].shape,
+            implementation=int(config.get("implementation", 1)),
+            kernel_size=arguments.to_tuple(config["kernel_size"], rank, "kernel_size"),
+            strides=arguments.to_tuple(config.get("strides", 1), rank, "strides"),
+            padding=config.get("padding", "valid"),
+            data_format=config.get("data_format") or "channels_last",
+        )
+        if shape is not None:
+            keras_layout({"class_name": layer.entry["class_name"], "config": config}, shape)
+    except (ValueError, TypeError):
+        return None
     return shape

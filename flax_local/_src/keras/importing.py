@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import flax_local
-from flax_local._src import geometry as geometry_lib
-from flax_local._src.keras.layouts import KerasLayout, check_implementation
+from flax_local import functional
+from flax_local._src import arguments
+from flax_local._src.keras.layouts import KerasLayout, check_keras_implementation
 from flax_local._src.keras.objects import (
     activation_from_keras,
+    check_param_dtype,
     constraint_from_keras,
     dtypes_from_keras,
     initializer_from_keras,
@@ -61,6 +63,12 @@ _LAYER_KEYS = frozenset(
 
 def _layer_config(config: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     """The spatial rank and the plain config of a layer config (wrapped or not)."""
+    if not isinstance(config, Mapping):
+        hint = " (a JSON string: decode it with json.loads first)" if isinstance(config, str) else ""
+        raise ValueError(
+            "config must be a tf_keras LocallyConnected1D/2D get_config() dict, got "
+            f"{type(config).__name__} {config!r:.80}{hint}."
+        )
     config = dict(config)
     class_name = None
     if "class_name" in config and "config" in config:
@@ -69,6 +77,8 @@ def _layer_config(config: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
             raise ValueError(
                 f"from_keras converts tf_keras LocallyConnected1D/2D layers, got class {class_name!r}."
             )
+        if not isinstance(config["config"], Mapping):
+            raise ValueError(f"config['config'] must be a dict, got {config['config']!r:.80}.")
         config = dict(config["config"])
     if "kernel_size" not in config or "filters" not in config:
         raise ValueError(
@@ -83,8 +93,10 @@ def _layer_config(config: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
             f"kernel_size={kernel_size!r} does not tell LocallyConnected1D from 2D; pass a list "
             "(as get_config() does) or the {'class_name', 'config'} form."
         )
-    else:
+    elif isinstance(kernel_size, (list, tuple)):
         rank = len(kernel_size)
+    else:
+        raise ValueError(f"kernel_size must be a list of 1 or 2 positive ints, got {kernel_size!r}.")
     if rank not in (1, 2):
         raise ValueError(f"tf_keras LocallyConnected layers are 1D or 2D, got kernel_size={kernel_size!r}.")
     unknown = set(config) - _LAYER_KEYS - _IGNORED_KEYS
@@ -93,17 +105,12 @@ def _layer_config(config: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
             f"config entries {sorted(unknown)} are not LocallyConnected{rank}D settings that flax_local "
             "knows how to translate."
         )
-    config["kernel_size"] = list(_as_tuple(kernel_size, rank, "kernel_size"))
+    config["kernel_size"] = list(arguments.to_tuple(kernel_size, rank, "kernel_size"))
+    config["filters"] = arguments.check_positive(config["filters"], "filters")
+    use_bias = config.get("use_bias", True)
+    if not isinstance(use_bias, (bool, np.bool_)):
+        raise ValueError(f"use_bias must be true or false, got {use_bias!r}.")
     return rank, config
-
-
-def _as_tuple(value: Any, rank: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * rank
-    values = tuple(int(v) for v in value)
-    if len(values) != rank:
-        raise ValueError(f"{name} must have {rank} entries, got {value!r}.")
-    return values
 
 
 def keras_layout(config: Mapping[str, Any], input_shape: Sequence[int]) -> KerasLayout:
@@ -116,17 +123,16 @@ def keras_layout(config: Mapping[str, Any], input_shape: Sequence[int]) -> Keras
     """
     rank, config = _layer_config(config)
     data_format = config.get("data_format") or "channels_last"
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != rank + 1:
+    if not isinstance(input_shape, Sequence) or len(input_shape) != rank + 1:
         raise ValueError(
             f"input_shape must be the input's shape without the batch dimension ({rank} spatial "
-            f"dimension(s) and channels, {data_format}), got {input_shape}."
+            f"dimension(s) and channels, {data_format}), got {input_shape!r}."
         )
     return KerasLayout(
-        input_shape,
-        filters=int(config["filters"]),
-        kernel_size=_as_tuple(config["kernel_size"], rank, "kernel_size"),
-        strides=_as_tuple(config.get("strides", 1), rank, "strides"),
+        arguments.to_tuple(input_shape, rank + 1, "input_shape"),
+        filters=config["filters"],
+        kernel_size=config["kernel_size"],
+        strides=arguments.to_tuple(config.get("strides", 1), rank, "strides"),
         padding=config.get("padding", "valid"),
         data_format=data_format,
     )
@@ -136,12 +142,24 @@ def _flax_padding(layout: KerasLayout) -> Any:
     """Our padding argument: a name where it means the same, else the pairs."""
     if all(pair == (0, 0) for pair in layout.pads):
         return "valid"
-    tf_same = geometry_lib.resolve_padding(
-        "same", layout.in_spatial, layout.kernel_size, layout.strides, (1,) * layout.rank
-    )
+    tf_same = functional.geometry(
+        layout.in_spatial, layout.kernel_size, strides=layout.strides, padding="same"
+    ).padding
     if tf_same == layout.pads:
         return "same"
     return layout.pads
+
+
+def _check_dtypes(dtype: Any, param_dtype: Any, keras_dtype: Any) -> None:
+    """Raises where JAX would silently compute in float32 what Keras computes in float64."""
+    wanted = [d for d in (dtype, param_dtype) if d is not None and jnp.dtype(d) == jnp.float64]
+    if wanted and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+        raise ValueError(
+            f"dtype={keras_dtype!r}: the Keras layer computes in float64, but JAX's 64-bit mode is "
+            "off, so its weights would be cut to float32 while the module claims float64. Enable it "
+            "with jax.config.update('jax_enable_x64', True) before converting, or convert to float32 "
+            "deliberately with param_dtype='float32'."
+        )
 
 
 def module_from_keras(
@@ -149,6 +167,7 @@ def module_from_keras(
     input_shape: Sequence[int],
     *,
     implementation: str | int | None = None,
+    param_dtype: Any = None,
 ) -> flax_local.LocallyConnected:
     """The flax_local module equivalent to a tf_keras LocallyConnected config.
 
@@ -160,9 +179,19 @@ def module_from_keras(
         explicit padding that depends on the input size.
       implementation: flax_local's implementation; default (None) Keras's
         choice (1, 2, 3 are flax_local's "patches", "dense", "sparse").
+      param_dtype: the variables' dtype; default (None) the Keras ``dtype``'s
+        (its variable dtype for a mixed policy). Given, it replaces Keras's
+        variable dtype, and a plain Keras dtype's computation then follows the
+        inputs and parameters.
 
     Returns:
       A ``LocallyConnected1D`` or ``LocallyConnected2D``.
+
+    Raises:
+      ValueError: for a config entry without a flax_local equivalent, and
+        for a float64 Keras layer while JAX's 64-bit mode is off (JAX would
+        silently keep float32 weights): enable ``jax_enable_x64``, or pass
+        ``param_dtype="float32"`` to convert to float32 on purpose.
 
     Example:
       >>> config = {"filters": 4, "kernel_size": [2, 2], "padding": "same",
@@ -173,8 +202,15 @@ def module_from_keras(
     """
     rank, config = _layer_config(config)
     layout = keras_layout(config, input_shape)
-    keras_implementation = check_implementation(config.get("implementation", 1), layout.padding)
-    dtype, param_dtype = dtypes_from_keras(config.get("dtype"))
+    keras_implementation = check_keras_implementation(config.get("implementation", 1), layout.padding)
+    dtype, keras_param_dtype = dtypes_from_keras(config.get("dtype"))
+    if param_dtype is None:
+        param_dtype = keras_param_dtype
+    else:
+        param_dtype = check_param_dtype(param_dtype, "param_dtype")
+        if dtype == keras_param_dtype:  # a plain dtype, not a mixed policy
+            dtype = None
+    _check_dtypes(dtype, param_dtype, config.get("dtype"))
     cls = flax_local.LocallyConnected1D if rank == 1 else flax_local.LocallyConnected2D
     return cls(
         filters=layout.filters,
@@ -217,6 +253,7 @@ def from_keras(
     input_shape: Sequence[int],
     *,
     implementation: str | int | None = None,
+    param_dtype: Any = None,
 ) -> tuple[flax_local.LocallyConnected, dict[str, dict[str, jax.Array]]]:
     """Converts a tf_keras LocallyConnected1D/2D layer to flax_local.
 
@@ -237,6 +274,8 @@ def from_keras(
         its ``data_format``: ``(*spatial, C)`` or ``(C, *spatial)``.
       implementation: flax_local's implementation; default (None) keeps
         Keras's choice. All implementations compute the same numbers.
+      param_dtype: the variables' dtype; default (None) the Keras layer's
+        (see ``module_from_keras``). The weights are cast to it.
 
     The config's ``name`` and ``trainable`` have no counterpart on a Flax
     module and are ignored (freeze parameters with an optax mask); every
@@ -248,8 +287,11 @@ def from_keras(
       ``module.apply(variables, x)``.
 
     Raises:
-      ValueError: for a config entry without a flax_local equivalent, or
-        weights whose shapes do not fit the config and ``input_shape``.
+      ValueError: for a config entry without a flax_local equivalent,
+        weights whose shapes do not fit the config and ``input_shape``, or a
+        float64 layer while JAX's 64-bit mode is off: rather than cut the
+        weights to float32 silently, it asks for ``jax_enable_x64`` or an
+        explicit ``param_dtype="float32"``.
 
     Example:
       >>> import numpy as np
@@ -265,9 +307,9 @@ def from_keras(
       [15.0, 15.0, 15.0, 15.0]
     """
     rank, plain = _layer_config(config)
-    module = module_from_keras(plain, input_shape, implementation=implementation)
+    module = module_from_keras(plain, input_shape, implementation=implementation, param_dtype=param_dtype)
     layout = keras_layout(plain, input_shape)
-    keras_implementation = check_implementation(plain.get("implementation", 1), layout.padding)
+    keras_implementation = check_keras_implementation(plain.get("implementation", 1), layout.padding)
     weights = list(weights)
     expected = 2 if module.use_bias else 1
     if len(weights) != expected:
@@ -275,7 +317,8 @@ def from_keras(
             f"a LocallyConnected{rank}D with use_bias={module.use_bias} has {expected} weight "
             f"array(s) ([kernel{', bias' if module.use_bias else ''}]), got {len(weights)}."
         )
-    params = {"kernel": jnp.asarray(layout.kernel_from_keras(np.asarray(weights[0]), keras_implementation))}
+    kernel = layout.kernel_from_keras(np.asarray(weights[0]), keras_implementation)
+    params = {"kernel": jnp.asarray(kernel, module.param_dtype)}
     if module.use_bias:
-        params["bias"] = jnp.asarray(layout.bias_from_keras(np.asarray(weights[1])))
+        params["bias"] = jnp.asarray(layout.bias_from_keras(np.asarray(weights[1])), module.param_dtype)
     return module, {"params": params}

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flax_local._src import constraints as constraints_lib
 from flax_local._src import initializers as initializers_lib
@@ -320,12 +321,32 @@ def activation_from_keras(value: Any) -> str | None:
     return name.lower()
 
 
+# The dtypes flax_local's layers compute in; Keras's other dtypes have no equivalent.
+FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
+def check_param_dtype(value: Any, argument: str) -> np.dtype:
+    """``value`` as one of ``FLOAT_DTYPES``, or a ValueError naming ``argument``."""
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{argument}: {value!r} is not a dtype flax_local's layers compute in; expected one of "
+            f"{FLOAT_DTYPES}."
+        )
+    return dtype
+
+
 def dtypes_from_keras(value: Any) -> tuple[Any, Any]:
     """``(dtype, param_dtype)`` for a Keras dtype or dtype policy.
 
     ``"float32"`` gives ``(None, float32)``: computation in the inputs' and
     params' type, as flax does by default. ``"mixed_bfloat16"`` gives
-    ``(bfloat16, float32)``: float32 variables, bfloat16 computation.
+    ``(bfloat16, float32)``: float32 variables, bfloat16 computation. Only
+    floating dtypes the layers compute in are accepted (see
+    ``FLOAT_DTYPES``); ``"int8"``, ``"complex64"``, ``"float128"`` raise.
 
     Example:
       >>> dtypes_from_keras({"class_name": "Policy", "config": {"name": "mixed_float16"}})
@@ -337,11 +358,8 @@ def dtypes_from_keras(value: Any) -> tuple[Any, Any]:
     if config:
         if _canonical(name) not in ("policy", "dtypepolicy") or "name" not in config:
             raise ValueError(f"dtype: cannot translate the Keras dtype policy {value!r}.")
-        name = config["name"]
-    try:
-        if name.startswith("mixed_"):
-            return jnp.dtype(name[len("mixed_") :]), jnp.dtype(jnp.float32)
-        dtype = jnp.dtype(name)
-    except TypeError as error:
-        raise ValueError(f"dtype: cannot translate the Keras dtype {value!r}.") from error
+        name = str(config["name"])
+    if name.startswith("mixed_"):
+        return check_param_dtype(name[len("mixed_") :], "dtype"), jnp.dtype(jnp.float32)
+    dtype = check_param_dtype(name, "dtype")
     return (None if dtype == jnp.float32 else dtype), dtype

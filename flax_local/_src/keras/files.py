@@ -247,9 +247,7 @@ def load_weights(
 
         def input_shape(layer: graph.Layer) -> graph.Shape:
             if layer.key not in resolved:
-                resolved[layer.key] = _input_shape(
-                    layer, overrides, shapes, weights[layer.key], model_file.path
-                )
+                resolved[layer.key] = _input_shape(layer, overrides, shapes, weights[layer.key])
             return resolved[layer.key]
 
         shapes = graph.Shapes(found, input_shape)

@@ -40,6 +40,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from flax_local._src import data_parallel
+
 BATCH_AXIS = "batch"
 """Logical name of the batch axis of activations (flax's usual name)."""
 
@@ -380,6 +382,10 @@ def call_on_any_mesh(
     mesh = _explicit_mesh(inputs, kernel, bias)
     if mesh is None:
         return compute(inputs, kernel, bias)
+    # Batch-only sharding: each device computes its share (flax_local._src.data_parallel).
+    y = data_parallel.run_data_parallel(compute, inputs, kernel, bias, rank=rank)
+    if y is not None:
+        return y
     x_spec, k_spec = _spec_of(inputs), _spec_of(kernel)
     num_batch = inputs.ndim - rank - 1
     batch, positions, filters = x_spec[:num_batch], k_spec[:rank], k_spec[-1]

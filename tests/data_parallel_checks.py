@@ -115,10 +115,15 @@ def check_functional_2d_batch_sharded():
     x, kernel = _random((8, 10, 10, 3), 0), _random((8, 8, 3, 3, 3, 16), 1)
     bias, probe = _random((8, 8, 16), 2), _random((8, 8, 8, 16), 3)
     _, spec = _functional_case(_functional_step(), x, kernel, bias, probe, P("data"), {})
+    # Eager, with no mesh context: the mesh comes from the input's type.
+    xs = jax.device_put(x, NamedSharding(_mesh(), P("data")))
+    y = locally_connected(xs, kernel, bias)
+    _close(y, reference_locally_connected(x, kernel, bias), "eager forward vs the float64 reference")
+    assert y.sharding.spec == P("data"), y.sharding.spec
     return (
         f"2D, x {x.shape} sharded {P('data')} over mesh (data 4, model 2): forward, loss and "
         f"gradients equal the single-device ones; output {spec}; HLO holds {_CUSTOM_CALLS}, "
-        "an all-reduce and no gather"
+        "an all-reduce and no gather; eager call without a mesh context equal too"
     )
 
 

@@ -377,7 +377,10 @@ def call_on_any_mesh(
     ``jax.sharding.auto_axes``, so the SPMD partitioner chooses its
     communication (a halo exchange of input rows, never a kernel gather), and
     the output is typed as sharded like the batch axes of ``inputs`` and the
-    position and filter axes of ``kernel``.
+    position and filter axes of ``kernel``. When the types show replicated
+    ``kernel`` and ``bias`` and a batch-only sharded ``inputs``, ``compute``
+    runs per device under ``shard_map`` instead (``flax_local._src.data_parallel``),
+    so that ``"auto"`` keeps the fused kernels.
     """
     mesh = _explicit_mesh(inputs, kernel, bias)
     if mesh is None:

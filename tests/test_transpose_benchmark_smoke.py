@@ -42,4 +42,5 @@ def test_quick_transpose_benchmark_runs_and_writes_json(tmp_path):
     for row in case["results"]:
         assert row["median_ms"] > 0 and len(row["times_ms"]) == 3 and row["compile_ms"] > 0
     assert case["agreement"] and max(case["agreement"].values()) < 1e-4
+    assert set(case["same_program"]) == set(case["agreement"])
     assert "| tiny1d (" in done.stdout and "transpose:auto" in done.stdout

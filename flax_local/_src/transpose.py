@@ -96,10 +96,12 @@ def locally_connected_transpose(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from flax_local.functional import locally_connected_transpose
-      >>> y = jnp.ones((4, 8, 8, 16))                     # a 3x3 valid layer's output
-      >>> kernel = jnp.ones((8, 8, 3, 3, 3, 16))          # its kernel: 3 in, 16 out
-      >>> locally_connected_transpose(y, kernel, spatial_shape=(10, 10)).shape
+      >>> from flax_local.functional import locally_connected, locally_connected_transpose
+      >>> kernel = jnp.ones((8, 8, 3, 3, 3, 16))          # 10x10x3 -> 8x8x16, 3x3 windows
+      >>> y = locally_connected(jnp.ones((4, 10, 10, 3)), kernel)
+      >>> y.shape
+      (4, 8, 8, 16)
+      >>> locally_connected_transpose(y, kernel, spatial_shape=(10, 10)).shape  # the same kernel back
       (4, 10, 10, 3)
     """
     kernel = jnp.asarray(kernel)

@@ -444,7 +444,8 @@ def test_forward_geometry_gives_back_the_input_size():
 
     Checked with the reference's own padding and size arithmetic; the only
     impossible cases are ``"same"`` with an even dilated window and
-    ``output_padding`` 0, where ``(n - 1) * s`` comes back as ``n - 1``.
+    ``output_padding`` 0, where ``(n - 1) * s`` comes back as ``n - 1`` (tf_keras 2.21's
+    ``Conv1DTranspose`` fails there when called, with TensorFlow's ``AbortedError``).
     """
     impossible = 0
     for n, k, s, d, padding, output_padding in _sweep():

@@ -1,0 +1,379 @@
+"""The ``"pallas"`` implementation: fused GPU kernels for the layer and both gradients.
+
+The three products of ``native.py`` (same operands, shapes and meaning):
+
+* ``forward(x, w, *bias, geometry, has_bias)``: ``y (G, B, P, F)`` float32;
+* ``kernel_grad(x, dy, *, geometry, weight_dtype)``: ``[dw, db]``;
+* ``input_grad(dy, w, *, geometry)``: ``dx (G, B, R, C)`` float32;
+
+with ``x (G, B, R, C)``, ``w (G, P, K*C, F)``, ``bias (G, P, F)`` and
+``dy (G, B, P, F)``, where a group size of 1 is shared by every group. They
+are drop-in lowerings for the native primitives (which then supply ``jit``,
+``grad``, ``jvp``, higher orders and ``vmap`` through the group axis), and
+``apply_pallas`` ties them into a layer with a ``custom_vjp``.
+
+Each runs one Pallas kernel (``pallas_kernels.py``) that reads windows straight
+from ``x`` or ``dy``: no patch array exists. Around it, XLA pads ``x`` once in
+space (one copy of the input, not ``k ** d``), and pads batch and channel axes
+to the kernels' block sizes (powers of two, at least 16, as Triton needs);
+operands already of those sizes are passed as free reshapes. Products
+accumulate in float32. float32 operands multiply in TF32 on GPU at default
+precision (as XLA does) and in full float32 at ``precision="highest"`` (or
+with ``jax_default_matmul_precision="highest"``); bfloat16 and float16 operands
+multiply as they are.
+
+On a backend without a Pallas GPU lowering (CPU), ``interpret=True`` runs the
+same kernels in Pallas interpret mode: slow, but exact, and what the tests run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from flax_local._src.geometry import Geometry
+from flax_local._src.pallas_kernels import (
+    Blocks,
+    Layout,
+    forward_call,
+    input_grad_call,
+    kernel_grad_call,
+)
+
+SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+_MIN_BLOCK = 16  # the smallest dimension Triton's dot takes
+_SM_PROGRAMS = 4 * 132  # enough programs for a few waves on a large GPU
+
+
+def supports_dtype(dtype) -> bool:
+    """Whether the Pallas kernels take layers of ``dtype``."""
+    return jnp.dtype(dtype) in [jnp.dtype(d) for d in SUPPORTED_DTYPES]
+
+
+def default_interpret() -> bool:
+    """Interpret mode on backends with no Pallas GPU lowering (anything but CUDA/ROCm GPUs)."""
+    return jax.default_backend() != "gpu"
+
+
+def _block(n: int) -> int:
+    """The block size holding ``n``: a power of two, at least 16."""
+    return max(_MIN_BLOCK, 1 << max(n - 1, 0).bit_length())
+
+
+def layout_of(geometry: Geometry) -> Layout:
+    """The kernels' static index arithmetic for ``geometry``."""
+    return Layout(
+        padded=tuple(n + lo + hi for n, (lo, hi) in zip(geometry.input_spatial, geometry.padding)),
+        unpadded=tuple(geometry.input_spatial),
+        low=tuple(lo for lo, _ in geometry.padding),
+        out=tuple(geometry.output_spatial),
+        kernel=tuple(geometry.kernel_size),
+        strides=tuple(geometry.strides),
+        dilation=tuple(geometry.dilation),
+    )
+
+
+def _run(items: int, programs_per_item: int, limit: int = 16) -> int:
+    """Items per program: enough programs for a few waves, at most ``limit`` items each."""
+    return max(1, min(limit, items * programs_per_item // _SM_PROGRAMS))
+
+
+def forward_blocks(batch: int, positions: int, cp: int, fp: int, groups: int = 1) -> Blocks:
+    """Default blocks of the forward kernel: a batch block as large as the float32 sums allow."""
+    bb = max(_MIN_BLOCK, min(_block(batch), 128, 8192 // fp))
+    return Blocks(
+        batch=bb,
+        run=_run(positions, groups * -(-batch // bb)),
+        num_warps=4 if bb * fp <= 4096 else 8,
+        num_stages=3,
+    )
+
+
+def kernel_grad_blocks(batch: int, positions: int, window: int, cp: int, fp: int, groups: int = 1) -> Blocks:
+    """Default blocks of the kernel gradient: as many offsets per program as fit in registers."""
+    offsets = max(t for t in range(1, window + 1) if window % t == 0 and (t == 1 or t * cp * fp <= 8192))
+    return Blocks(
+        batch=max(_MIN_BLOCK, min(_block(batch), 64)),
+        run=_run(positions, groups * window // offsets, limit=4),
+        offsets=offsets,
+        num_warps=4 if offsets * cp * fp <= 4096 else 8,
+        num_stages=3,
+    )
+
+
+def input_grad_blocks(batch: int, rows: int, cp: int, fp: int, groups: int = 1) -> Blocks:
+    """Default blocks of the input gradient (as the forward's, with the roles of C and F swapped)."""
+    blocks = forward_blocks(batch, rows, fp, cp, groups)
+    return Blocks(batch=blocks.batch, run=blocks.run, num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+
+
+def _precision(precision):
+    """``precision``, or the HIGHEST that ``jax_default_matmul_precision`` asks for when None."""
+    if precision is None:
+        default = jax.config.jax_default_matmul_precision
+        if default in ("highest", "float32", "F32_F32_F32"):
+            return lax.Precision.HIGHEST
+        return None
+    if isinstance(precision, (tuple, list)):
+        precision = precision[0]
+    if isinstance(precision, str):
+        precision = lax.Precision(precision)
+    return precision
+
+
+def _pad_to(a: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """``a`` zero-padded at the end of each axis to ``sizes`` (no copy when already there)."""
+    if tuple(a.shape) == tuple(sizes):
+        return a
+    return jnp.pad(a, [(0, s - n) for n, s in zip(a.shape, sizes)])
+
+
+def _prepare_x(x: jax.Array, geometry: Geometry, bp: int, cp: int) -> jax.Array:
+    """``(Gx, B, R, C)`` -> ``(Gx, Bp, Rp, Cp)``: one pad in space, batch and channels."""
+    groups, batch, _, channels = x.shape
+    x = x.reshape(groups, batch, *geometry.input_spatial, channels)
+    config = [(0, 0, 0), (0, bp - batch, 0), *((lo, hi, 0) for lo, hi in geometry.padding), (0, cp - channels, 0)]
+    if any(c != (0, 0, 0) for c in config):
+        x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    return x.reshape(groups, bp, -1, cp)
+
+
+def _prepare_w(w: jax.Array, window: int, cp: int, fp: int) -> jax.Array:
+    """``(Gw, P, K*C, F)`` -> ``(Gw, P, K, Cp, Fp)`` (a free reshape unless C or F is padded)."""
+    groups, positions, _, filters = w.shape
+    w = w.reshape(groups, positions, window, -1, filters)
+    return _pad_to(w, (groups, positions, window, cp, fp))
+
+
+def _group_count(*shapes) -> int:
+    sizes = {shape[0] for shape in shapes} - {1}
+    if len(sizes) > 1:
+        raise ValueError(f"group sizes must be 1 or equal, got shapes {shapes}")
+    return sizes.pop() if sizes else 1
+
+
+def forward(
+    x: jax.Array,
+    w: jax.Array,
+    *bias: jax.Array,
+    geometry: Geometry,
+    has_bias: bool,
+    interpret: bool = False,
+    precision: lax.PrecisionLike = None,
+    out_dtype=jnp.float32,
+    blocks: Blocks | None = None,
+) -> jax.Array:
+    """``y (G, B, P, F)`` from ``x (G, B, R, C)``, ``w (G, P, K*C, F)`` and ``bias (G, P, F)`` if has_bias.
+
+    Args:
+      x: the input, rows of the flattened input grid; float32, bfloat16 or float16.
+      w: the weights, float32, bfloat16 or float16.
+      *bias: the bias, present exactly when ``has_bias``.
+      geometry: the layer's geometry.
+      has_bias: whether ``bias`` is given.
+      interpret: run in Pallas interpret mode (any backend; slow).
+      precision: of the float32 products (see the module docstring).
+      out_dtype: dtype of ``y`` (float32 for the primitive's lowering).
+      blocks: tile sizes; None picks ``forward_blocks``'s.
+
+    Returns:
+      ``y`` of shape ``(G, B, P, F)``.
+    """
+    groups = _group_count(x.shape, w.shape, *(b.shape for b in bias))
+    batch, channels = x.shape[1], x.shape[3]
+    positions, filters, window = w.shape[1], w.shape[3], geometry.window_volume
+    if batch == 0:
+        return jnp.zeros((groups, 0, positions, filters), out_dtype)
+    cp, fp = _block(channels), _block(filters)
+    blocks = blocks or forward_blocks(batch, positions, cp, fp, groups)
+    bp = -(-batch // blocks.batch) * blocks.batch
+    y = forward_call(
+        _prepare_x(x, geometry, bp, cp),
+        _prepare_w(w, window, cp, fp),
+        _pad_to(bias[0], (bias[0].shape[0], positions, fp)) if has_bias else None,
+        layout=layout_of(geometry),
+        blocks=blocks,
+        out_dtype=out_dtype,
+        precision=_precision(precision),
+        interpret=interpret,
+    )
+    return y[:, :batch, :, :filters] if (bp, fp) != (batch, filters) else y
+
+
+def kernel_grad(
+    x: jax.Array,
+    dy: jax.Array,
+    *,
+    geometry: Geometry,
+    weight_dtype,
+    interpret: bool = False,
+    precision: lax.PrecisionLike = None,
+    blocks: Blocks | None = None,
+) -> list[jax.Array]:
+    """``[dw (G, P, K*C, F), db (G, P, F)]`` from ``x (G, B, R, C)`` and ``dy (G, B, P, F)``.
+
+    ``dw`` has ``weight_dtype``, ``db`` float32; both are sums over the batch in
+    float32. Other arguments as ``forward``'s (``blocks`` from ``kernel_grad_blocks``).
+    """
+    groups = _group_count(x.shape, dy.shape)
+    batch, channels = x.shape[1], x.shape[3]
+    positions, filters, window = dy.shape[2], dy.shape[3], geometry.window_volume
+    weight_dtype = jnp.dtype(weight_dtype)
+    if batch == 0:
+        return [
+            jnp.zeros((groups, positions, window * channels, filters), weight_dtype),
+            jnp.zeros((groups, positions, filters), jnp.float32),
+        ]
+    cp, fp = _block(channels), _block(filters)
+    blocks = blocks or kernel_grad_blocks(batch, positions, window, cp, fp, groups)
+    bp = -(-batch // blocks.batch) * blocks.batch
+    dw, db = kernel_grad_call(
+        _prepare_x(x, geometry, bp, cp),
+        _pad_to(dy, (dy.shape[0], bp, positions, fp)),
+        layout=layout_of(geometry),
+        blocks=blocks,
+        weight_dtype=weight_dtype,
+        precision=_precision(precision),
+        interpret=interpret,
+    )
+    if (cp, fp) != (channels, filters):
+        dw, db = dw[..., :channels, :filters], db[..., :filters]
+    return [dw.reshape(groups, positions, window * channels, filters), db]
+
+
+def input_grad(
+    dy: jax.Array,
+    w: jax.Array,
+    *,
+    geometry: Geometry,
+    interpret: bool = False,
+    precision: lax.PrecisionLike = None,
+    out_dtype=jnp.float32,
+    blocks: Blocks | None = None,
+) -> jax.Array:
+    """``dx (G, B, R, C)`` from ``dy (G, B, P, F)`` and ``w (G, P, K*C, F)``.
+
+    Other arguments as ``forward``'s (``blocks`` from ``input_grad_blocks``).
+    """
+    groups = _group_count(dy.shape, w.shape)
+    batch, positions, filters = dy.shape[1:]
+    window = geometry.window_volume
+    channels = w.shape[2] // window
+    rows = math.prod(geometry.input_spatial)
+    if batch == 0:
+        return jnp.zeros((groups, 0, rows, channels), out_dtype)
+    cp, fp = _block(channels), _block(filters)
+    blocks = blocks or input_grad_blocks(batch, rows, cp, fp, groups)
+    bp = -(-batch // blocks.batch) * blocks.batch
+    dx = input_grad_call(
+        _pad_to(dy, (dy.shape[0], bp, positions, fp)),
+        _prepare_w(w, window, cp, fp),
+        layout=layout_of(geometry),
+        blocks=blocks,
+        out_dtype=out_dtype,
+        precision=_precision(precision),
+        interpret=interpret,
+    )
+    return dx[:, :batch, :, :channels] if (bp, cp) != (batch, channels) else dx
+
+
+# ----------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _layer(x, w, bias, geometry, precision, interpret):
+    operands = (x, w) if bias is None else (x, w, bias)
+    return forward(
+        *operands,
+        geometry=geometry,
+        has_bias=bias is not None,
+        interpret=interpret,
+        precision=precision,
+        out_dtype=x.dtype,
+    )
+
+
+def _layer_fwd(x, w, bias, geometry, precision, interpret):
+    return _layer(x, w, bias, geometry, precision, interpret), (x, w, bias is not None)
+
+
+def _layer_bwd(geometry, precision, interpret, residuals, dy):
+    x, w, has_bias = residuals
+    options = dict(geometry=geometry, interpret=interpret, precision=precision)
+    dx = input_grad(dy, w, out_dtype=x.dtype, **options)
+    dw, db = kernel_grad(x, dy, weight_dtype=jnp.float32, **options)
+    return dx, dw.astype(w.dtype), db.astype(w.dtype) if has_bias else None
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
+def apply_pallas(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    geometry: Geometry,
+    precision: lax.PrecisionLike,
+    *,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """Applies the layer to channels-last ``x`` of shape ``(batch, *spatial, C)`` with the Pallas kernels.
+
+    Reverse-mode derivatives run the two gradient kernels (a ``custom_vjp``);
+    forward-mode (``jax.jvp``) is not defined for it.
+
+    Args:
+      x: the input, ``(batch, *input_spatial, C)``, float32, bfloat16 or float16.
+      kernel: ``(*output_spatial, *kernel_size, C, filters)``, same dtype as x.
+      bias: ``(*output_spatial, filters)`` or None, same dtype as x.
+      geometry: the layer's geometry for this input size.
+      precision: of the float32 products (TF32 on GPU at default precision).
+      interpret: run the kernels in Pallas interpret mode; None means
+        ``default_interpret()`` (interpret on any backend but GPU).
+
+    Returns:
+      Array of shape ``(batch, *output_spatial, filters)`` in x's dtype.
+
+    Raises:
+      ValueError: for a dtype the kernels do not support (float64, integers).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax_local._src.geometry import make_geometry
+      >>> from flax_local._src.pallas import apply_pallas
+      >>> g = make_geometry((6, 6), (3, 3), (1, 1), "valid", (1, 1))
+      >>> x, kernel = jnp.ones((2, 6, 6, 3)), jnp.ones((4, 4, 3, 3, 3, 5))
+      >>> apply_pallas(x, kernel, None, g, None).shape
+      (2, 4, 4, 5)
+    """
+    dtype = jnp.dtype(x.dtype)
+    if not supports_dtype(dtype):
+        raise ValueError(
+            f"implementation='pallas' accepts float32, bfloat16 or float16 inputs, got {dtype}; "
+            f"use implementation='patches' for other dtypes."
+        )
+    if interpret is None:
+        interpret = default_interpret()
+    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
+    positions = geometry.num_positions
+    y = _layer(
+        x.reshape(1, batch, math.prod(geometry.input_spatial), channels),
+        kernel.astype(dtype).reshape(1, positions, geometry.window_volume * channels, filters),
+        None if bias is None else bias.astype(dtype).reshape(1, positions, filters),
+        geometry,
+        _hashable(precision),
+        interpret,
+    )
+    return y.reshape(batch, *geometry.output_spatial, filters)
+
+
+def _hashable(precision: lax.PrecisionLike):
+    if isinstance(precision, list):
+        return tuple(precision)
+    return precision

@@ -1,0 +1,311 @@
+"""The three Pallas kernels of the ``"pallas"`` implementation, on prepared operands.
+
+Each kernel reads its windows straight from ``x`` (or ``dy``) with computed
+row indices, so no patch array ever exists. The callers (``pallas.py``) hand
+them operands already laid out as the kernels need, with every block dimension
+a power of two of at least 16 (Triton's tensors and ``dot`` need that):
+
+* ``x (Gx, Bp, Rp, Cp)``: the input zero-padded in space (``Rp`` rows of the
+  padded grid, flattened row-major), batch padded to a multiple of the batch
+  block, channels to ``Cp``;
+* ``w (Gw, P, K, Cp, Fp)``: the kernel with its window and channel axes split;
+* ``dy (Gd, Bp, P, Fp)`` and ``bias (Gb, P, Fp)``.
+
+A group size of 1 is shared by every group (read at group 0). Output position
+``p`` has output coordinates ``o`` (row-major in ``Layout.out``); its window
+offset ``j`` (row-major in ``Layout.kernel``) reads padded row
+``sum_d (o_d * stride_d + j_d * dilation_d) * pitch_d``.
+
+Programs and what they read:
+
+* forward: grid ``(batch blocks, position runs, G)``; a program loops over a
+  run of neighbouring positions, and for each one over the window offsets:
+  ``(BB, Cp)`` rows of x times that position's ``(Cp, Fp)`` weights, summed in
+  float32, plus the bias, written once as ``(BB, Fp)``. Batch blocks vary
+  fastest, so the programs sharing a position's weights run together and the
+  weights come from memory once; neighbouring positions reread x rows from cache.
+* kernel gradient: grid ``(offset groups, position runs, G)``; a program holds
+  the ``(Cp, Fp)`` float32 sums of a group of offsets of one position and loops
+  over batch blocks: it loads the position's ``dy`` block once and, for each
+  offset, the ``(BB, Cp)`` x rows, adding ``x_rows^T @ dy``. The bias gradient
+  (a batch sum of ``dy``) rides along in the first offset group.
+* input gradient: grid ``(batch blocks, input-row runs, G)``; a program loops
+  over a run of input rows and, for each, over the window offsets: the output
+  position whose window puts offset ``j`` on that row (if any: strides leave
+  gaps, edges fall outside) contributes ``dy (BB, Fp) @ w^T (Fp, Cp)``. It is a
+  gather: every row is written once, no atomics, deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Static index arithmetic of one geometry on the padded input grid.
+
+    Attributes:
+      padded: padded input spatial shape (rows ``Rp = prod(padded)``).
+      unpadded: input spatial shape.
+      low: low padding per dimension (may be negative: a crop).
+      out: output spatial shape.
+      kernel: window size per dimension.
+      strides: window step per dimension.
+      dilation: tap spacing per dimension.
+    """
+
+    padded: tuple[int, ...]
+    unpadded: tuple[int, ...]
+    low: tuple[int, ...]
+    out: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    @property
+    def window(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def positions(self) -> int:
+        return math.prod(self.out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Tile sizes and launch settings of one kernel call.
+
+    Attributes:
+      batch: batch rows per block (a power of two, at least 16).
+      run: positions (forward, kernel gradient) or input rows (input gradient)
+        per program, visited in a loop.
+      offsets: window offsets per program (kernel gradient only; divides the window).
+      num_warps: warps per program (GPU).
+      num_stages: software-pipelining depth of the program's inner loop (GPU).
+    """
+
+    batch: int
+    run: int
+    offsets: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def _unflatten(index, sizes: tuple[int, ...]) -> list:
+    """Row-major coordinates of a flat ``index`` (a traced int32 scalar) in ``sizes``."""
+    coords = []
+    for size in reversed(sizes):
+        coords.append(lax.rem(index, jnp.int32(size)))
+        index = lax.div(index, jnp.int32(size))
+    return coords[::-1]
+
+
+def _pitches(sizes: tuple[int, ...]) -> list[int]:
+    return [math.prod(sizes[d + 1 :]) for d in range(len(sizes))]
+
+
+def _window_start(layout: Layout, p):
+    """Padded row of offset 0 of position ``p``."""
+    pitch = _pitches(layout.padded)
+    coords = _unflatten(p, layout.out)
+    return sum(c * (s * q) for c, s, q in zip(coords, layout.strides, pitch))
+
+
+def _offset_row(layout: Layout, j):
+    """Row distance of window offset ``j`` (static int or traced) from offset 0."""
+    pitch = _pitches(layout.padded)
+    if isinstance(j, int):
+        coords = [(j // math.prod(layout.kernel[d + 1 :])) % layout.kernel[d] for d in range(len(layout.kernel))]
+    else:
+        coords = _unflatten(j, layout.kernel)
+    return sum(c * (d * q) for c, d, q in zip(coords, layout.dilation, pitch))
+
+
+def _dot(a, b, contract: tuple[int, int], precision):
+    """``a @ b`` contracting axis ``contract[0]`` of a with ``contract[1]`` of b, in float32."""
+    if a.dtype != b.dtype:
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return lax.dot_general(
+        a, b, (((contract[0],), (contract[1],)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+    )
+
+
+def _run_count(first, run: int, total: int):
+    """Items of the run starting at ``first``: ``run``, fewer for the last program."""
+    return jnp.minimum(jnp.int32(run), jnp.int32(total) - first)
+
+
+def _group(index, size: int):
+    return index if size > 1 else 0
+
+
+def _params(blocks: Blocks):
+    return plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+
+
+# ----------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------
+
+
+def _forward_kernel(x_ref, w_ref, *refs, layout, blocks, has_bias, precision):
+    b_ref, y_ref = refs if has_bias else (None, refs[0])
+    g, first = pl.program_id(2), pl.program_id(1) * blocks.run  # read outside loops (interpret mode)
+    batch = pl.ds(pl.program_id(0) * blocks.batch, blocks.batch)
+    gx, gw = _group(g, x_ref.shape[0]), _group(g, w_ref.shape[0])
+    fp = w_ref.shape[-1]
+
+    def position(i, carry):
+        p = first + i
+        start = _window_start(layout, p)
+        acc = jnp.zeros((blocks.batch, fp), jnp.float32)
+        for j in range(layout.window):  # unrolled: each offset's rows and weights load independently
+            rows = x_ref[gx, batch, start + _offset_row(layout, j), :]
+            acc += _dot(rows, w_ref[gw, p, j], (1, 0), precision)
+        if has_bias:
+            acc += b_ref[_group(g, b_ref.shape[0]), p, :].astype(jnp.float32)[None, :]
+        y_ref[g, batch, p, :] = acc.astype(y_ref.dtype)
+        return carry
+
+    lax.fori_loop(0, _run_count(first, blocks.run, layout.positions), position, 0)
+
+
+def forward_call(x, w, bias, *, layout: Layout, blocks: Blocks, out_dtype, precision, interpret: bool):
+    """``y (G, Bp, P, Fp)`` of prepared operands (module docstring)."""
+    groups = max(x.shape[0], w.shape[0], 1 if bias is None else bias.shape[0])
+    batch, fp = x.shape[1], w.shape[-1]
+    grid = (batch // blocks.batch, pl.cdiv(layout.positions, blocks.run), groups)
+    kernel = functools.partial(
+        _forward_kernel, layout=layout, blocks=blocks, has_bias=bias is not None, precision=precision
+    )
+    operands = (x, w) if bias is None else (x, w, bias)
+    return pl.pallas_call(
+        kernel,
+        grid=grid,
+        out_shape=jax.ShapeDtypeStruct((groups, batch, layout.positions, fp), out_dtype),
+        compiler_params=_params(blocks),
+        interpret=interpret,
+        name="flax_local_forward",
+    )(*operands)
+
+
+# ----------------------------------------------------------------------------
+# Kernel gradient
+# ----------------------------------------------------------------------------
+
+
+def _kernel_grad_kernel(x_ref, dy_ref, dw_ref, db_ref, *, layout, blocks, precision):
+    g, group, run_start = pl.program_id(2), pl.program_id(0), pl.program_id(1) * blocks.run
+    gx, gd = _group(g, x_ref.shape[0]), _group(g, dy_ref.shape[0])
+    cp, fp = x_ref.shape[-1], dy_ref.shape[-1]
+    batch_blocks = x_ref.shape[1] // blocks.batch
+    first = group * blocks.offsets
+    shifts = [_offset_row(layout, first + t) for t in range(blocks.offsets)]
+
+    def position(i, carry):
+        p = run_start + i
+        start = _window_start(layout, p)
+
+        def batch_block(b, sums):
+            batch = pl.ds(b * blocks.batch, blocks.batch)
+            dy = dy_ref[gd, batch, p, :]
+            dw = [
+                acc + _dot(x_ref[gx, batch, start + shift, :], dy, (0, 0), precision)
+                for acc, shift in zip(sums[0], shifts)
+            ]
+            return dw, sums[1] + jnp.sum(dy.astype(jnp.float32), axis=0)
+
+        zeros = ([jnp.zeros((cp, fp), jnp.float32) for _ in shifts], jnp.zeros((fp,), jnp.float32))
+        dw, db = lax.fori_loop(0, batch_blocks, batch_block, zeros)
+        for t, acc in enumerate(dw):
+            dw_ref[g, p, first + t] = acc.astype(dw_ref.dtype)
+
+        @pl.when(group == 0)
+        def _():
+            db_ref[g, p, :] = db
+
+        return carry
+
+    lax.fori_loop(0, _run_count(run_start, blocks.run, layout.positions), position, 0)
+
+
+def kernel_grad_call(x, dy, *, layout: Layout, blocks: Blocks, weight_dtype, precision, interpret: bool):
+    """``dw (G, P, K, Cp, Fp)`` and ``db (G, P, Fp)`` of prepared operands."""
+    groups = max(x.shape[0], dy.shape[0])
+    cp, fp = x.shape[-1], dy.shape[-1]
+    positions, window = layout.positions, layout.window
+    grid = (window // blocks.offsets, pl.cdiv(positions, blocks.run), groups)
+    kernel = functools.partial(_kernel_grad_kernel, layout=layout, blocks=blocks, precision=precision)
+    return pl.pallas_call(
+        kernel,
+        grid=grid,
+        out_shape=(
+            jax.ShapeDtypeStruct((groups, positions, window, cp, fp), weight_dtype),
+            jax.ShapeDtypeStruct((groups, positions, fp), jnp.float32),
+        ),
+        compiler_params=_params(blocks),
+        interpret=interpret,
+        name="flax_local_kernel_grad",
+    )(x, dy)
+
+
+# ----------------------------------------------------------------------------
+# Input gradient
+# ----------------------------------------------------------------------------
+
+
+def _input_grad_kernel(dy_ref, w_ref, dx_ref, *, layout, blocks, precision):
+    g, first = pl.program_id(2), pl.program_id(1) * blocks.run
+    batch = pl.ds(pl.program_id(0) * blocks.batch, blocks.batch)
+    gd, gw = _group(g, dy_ref.shape[0]), _group(g, w_ref.shape[0])
+    cp = w_ref.shape[-2]
+    rows = math.prod(layout.unpadded)
+    out_pitch = _pitches(layout.out)
+
+    def input_row(i, carry):
+        r = first + i
+        coords = _unflatten(r, layout.unpadded)
+        acc = jnp.zeros((blocks.batch, cp), jnp.float32)
+        for j in range(layout.window):
+            taps = [(j // math.prod(layout.kernel[d + 1 :])) % layout.kernel[d] for d in range(len(layout.kernel))]
+            valid, p = True, 0
+            for d, (c, t) in enumerate(zip(coords, taps)):
+                # Output coordinate o with o * stride + t * dilation - low == c, if any.
+                q = c + (layout.low[d] - t * layout.dilation[d])
+                o = lax.div(q, jnp.int32(layout.strides[d]))
+                valid = valid & (q >= 0) & (o < layout.out[d])
+                if layout.strides[d] > 1:
+                    valid = valid & (lax.rem(q, jnp.int32(layout.strides[d])) == 0)
+                p = p + jnp.clip(o, 0, layout.out[d] - 1) * out_pitch[d]
+            term = _dot(dy_ref[gd, batch, p, :], w_ref[gw, p, j], (1, 1), precision)
+            acc = jnp.where(valid, acc + term, acc)
+        dx_ref[g, batch, r, :] = acc.astype(dx_ref.dtype)
+        return carry
+
+    lax.fori_loop(0, _run_count(first, blocks.run, rows), input_row, 0)
+
+
+def input_grad_call(dy, w, *, layout: Layout, blocks: Blocks, out_dtype, precision, interpret: bool):
+    """``dx (G, Bp, R, Cp)`` (unpadded rows) of prepared operands."""
+    groups = max(dy.shape[0], w.shape[0])
+    batch, cp = dy.shape[1], w.shape[-2]
+    rows = math.prod(layout.unpadded)
+    grid = (batch // blocks.batch, pl.cdiv(rows, blocks.run), groups)
+    kernel = functools.partial(_input_grad_kernel, layout=layout, blocks=blocks, precision=precision)
+    return pl.pallas_call(
+        kernel,
+        grid=grid,
+        out_shape=jax.ShapeDtypeStruct((groups, batch, rows, cp), out_dtype),
+        compiler_params=_params(blocks),
+        interpret=interpret,
+        name="flax_local_input_grad",
+    )(dy, w)

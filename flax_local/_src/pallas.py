@@ -108,7 +108,9 @@ def kernel_grad_blocks(batch: int, positions: int, window: int, cp: int, fp: int
 def input_grad_blocks(batch: int, rows: int, cp: int, fp: int, groups: int = 1) -> Blocks:
     """Default blocks of the input gradient (as the forward's, with the roles of C and F swapped)."""
     blocks = forward_blocks(batch, rows, fp, cp, groups)
-    return Blocks(batch=blocks.batch, run=blocks.run, num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    return Blocks(
+        batch=blocks.batch, run=blocks.run, num_warps=blocks.num_warps, num_stages=blocks.num_stages
+    )
 
 
 def _precision(precision):
@@ -136,7 +138,12 @@ def _prepare_x(x: jax.Array, geometry: Geometry, bp: int, cp: int) -> jax.Array:
     """``(Gx, B, R, C)`` -> ``(Gx, Bp, Rp, Cp)``: one pad in space, batch and channels."""
     groups, batch, _, channels = x.shape
     x = x.reshape(groups, batch, *geometry.input_spatial, channels)
-    config = [(0, 0, 0), (0, bp - batch, 0), *((lo, hi, 0) for lo, hi in geometry.padding), (0, cp - channels, 0)]
+    config = [
+        (0, 0, 0),
+        (0, bp - batch, 0),
+        *((lo, hi, 0) for lo, hi in geometry.padding),
+        (0, cp - channels, 0),
+    ]
     if any(c != (0, 0, 0) for c in config):
         x = lax.pad(x, jnp.zeros((), x.dtype), config)
     return x.reshape(groups, bp, -1, cp)

@@ -124,7 +124,9 @@ def _offset_row(layout: Layout, j):
     """Row distance of window offset ``j`` (static int or traced) from offset 0."""
     pitch = _pitches(layout.padded)
     if isinstance(j, int):
-        coords = [(j // math.prod(layout.kernel[d + 1 :])) % layout.kernel[d] for d in range(len(layout.kernel))]
+        coords = [
+            (j // math.prod(layout.kernel[d + 1 :])) % layout.kernel[d] for d in range(len(layout.kernel))
+        ]
     else:
         coords = _unflatten(j, layout.kernel)
     return sum(c * (d * q) for c, d, q in zip(coords, layout.dilation, pitch))
@@ -135,7 +137,11 @@ def _dot(a, b, contract: tuple[int, int], precision):
     if a.dtype != b.dtype:
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     return lax.dot_general(
-        a, b, (((contract[0],), (contract[1],)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+        a,
+        b,
+        (((contract[0],), (contract[1],)), ((), ())),
+        precision=precision,
+        preferred_element_type=jnp.float32,
     )
 
 
@@ -276,7 +282,9 @@ def _input_grad_kernel(dy_ref, w_ref, dx_ref, *, layout, blocks, precision):
         coords = _unflatten(r, layout.unpadded)
         acc = jnp.zeros((blocks.batch, cp), jnp.float32)
         for j in range(layout.window):
-            taps = [(j // math.prod(layout.kernel[d + 1 :])) % layout.kernel[d] for d in range(len(layout.kernel))]
+            taps = [
+                (j // math.prod(layout.kernel[d + 1 :])) % layout.kernel[d] for d in range(len(layout.kernel))
+            ]
             valid, p = True, 0
             for d, (c, t) in enumerate(zip(coords, taps)):
                 # Output coordinate o with o * stride + t * dilation - low == c, if any.

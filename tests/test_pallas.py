@@ -255,3 +255,47 @@ def test_apply_pallas_rejects_unsupported_dtypes():
         pallas_impl.apply_pallas(
             jnp.ones((1, 4, 2), jnp.int32), jnp.ones((2, 3, 2, 1), jnp.int32), None, g, None
         )
+
+
+# ----------------------------------------------------------------------------
+# The GPU lowering, checked without a GPU
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spatial, kernel_size, strides, padding, dilation, batch, channels, filters, dtype",
+    [
+        ((10, 10), (3, 3), (1, 1), "valid", (1, 1), 32, 16, 16, "float32"),
+        ((7, 6), (3, 2), (2, 1), "same", (1, 2), 3, 3, 5, "bfloat16"),
+        ((9,), (3,), (1,), "causal", (2,), 1, 1, 3, "float16"),
+        ((4, 4, 4), (3, 3, 3), (1, 1, 1), "same", (1, 1, 1), 20, 8, 64, "float32"),
+    ],
+)
+def test_the_kernels_lower_to_triton_for_cuda(
+    spatial, kernel_size, strides, padding, dilation, batch, channels, filters, dtype
+):
+    """Exported for CUDA (no GPU needed): Pallas's Triton lowering accepts every kernel.
+
+    It rejects what Triton cannot take (tensors whose size is not a power of
+    two, unsupported operations) at this step, before any GPU compiles.
+    """
+    from jax import export
+
+    g = make_geometry(spatial, kernel_size, strides, padding, dilation)
+    rows, positions, window = math.prod(spatial), g.num_positions, g.window_volume
+    x = jax.ShapeDtypeStruct((1, batch, rows, channels), dtype)
+    w = jax.ShapeDtypeStruct((2, positions, window * channels, filters), dtype)
+    bias = jax.ShapeDtypeStruct((1, positions, filters), jnp.float32)
+    dy = jax.ShapeDtypeStruct((2, batch, positions, filters), dtype)
+    calls = [
+        (
+            lambda x, w, b: pallas_impl.forward(x, w, b, geometry=g, has_bias=True, precision="highest"),
+            (x, w, bias),
+        ),
+        (lambda x, dy: pallas_impl.kernel_grad(x, dy, geometry=g, weight_dtype=jnp.bfloat16), (x, dy)),
+        (lambda dy, w: pallas_impl.input_grad(dy, w, geometry=g), (dy, w)),
+    ]
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    for fn, args in calls:
+        exported = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(*args)
+        assert exported.mlir_module().count("xla.gpu.triton") == 1

@@ -46,7 +46,8 @@ from flax_local._src.pallas_kernels import (
 
 SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 _MIN_BLOCK = 16  # the smallest dimension Triton's dot takes
-_SM_PROGRAMS = 4 * 132  # enough programs for a few waves on a large GPU
+_SM_PROGRAMS = 4 * 132  # enough programs for a few waves on a large GPU (132 SMs on an H100/H200)
+_SMEM_BUDGET = 160 << 10  # of the 227 KiB of shared memory a Hopper program may use
 
 
 def supports_dtype(dtype) -> bool:
@@ -82,35 +83,51 @@ def _run(items: int, programs_per_item: int, limit: int = 16) -> int:
     return max(1, min(limit, items * programs_per_item // _SM_PROGRAMS))
 
 
-def forward_blocks(batch: int, positions: int, cp: int, fp: int, groups: int = 1) -> Blocks:
-    """Default blocks of the forward kernel: a batch block as large as the float32 sums allow."""
+def _stages(stage_bytes: int) -> int:
+    """Pipeline depth whose shared-memory buffers fit ``_SMEM_BUDGET`` (1 to 3)."""
+    return max(1, min(3, _SMEM_BUDGET // max(stage_bytes, 1)))
+
+
+def forward_blocks(
+    batch: int, positions: int, cp: int, fp: int, groups: int = 1, itemsize: int = 4
+) -> Blocks:
+    """Default blocks of the forward kernel: a batch block as large as the float32 sums allow.
+
+    The sums ``(BB, Fp)`` stay in registers (at most 8192 floats); each step of
+    the pipelined offset loop buffers ``(BB, Cp)`` rows and ``(Cp, Fp)`` weights.
+    """
     bb = max(_MIN_BLOCK, min(_block(batch), 128, 8192 // fp))
     return Blocks(
         batch=bb,
         run=_run(positions, groups * -(-batch // bb)),
         num_warps=4 if bb * fp <= 4096 else 8,
-        num_stages=3,
+        num_stages=_stages((bb * cp + cp * fp) * itemsize),
     )
 
 
-def kernel_grad_blocks(batch: int, positions: int, window: int, cp: int, fp: int, groups: int = 1) -> Blocks:
-    """Default blocks of the kernel gradient: as many offsets per program as fit in registers."""
+def kernel_grad_blocks(
+    batch: int, positions: int, window: int, cp: int, fp: int, groups: int = 1, itemsize: int = 4
+) -> Blocks:
+    """Default blocks of the kernel gradient: as many offsets per program as fit in registers.
+
+    The sums of a program's offsets, ``offsets * Cp * Fp`` floats, stay in
+    registers (at most 8192); each step of the pipelined batch loop buffers
+    ``(BB, Fp)`` of dy and ``(BB, Cp)`` of x per offset.
+    """
     offsets = max(t for t in range(1, window + 1) if window % t == 0 and (t == 1 or t * cp * fp <= 8192))
+    bb = max(_MIN_BLOCK, min(_block(batch), 64))
     return Blocks(
-        batch=max(_MIN_BLOCK, min(_block(batch), 64)),
+        batch=bb,
         run=_run(positions, groups * window // offsets, limit=4),
         offsets=offsets,
         num_warps=4 if offsets * cp * fp <= 4096 else 8,
-        num_stages=3,
+        num_stages=_stages((bb * fp + offsets * bb * cp) * itemsize),
     )
 
 
-def input_grad_blocks(batch: int, rows: int, cp: int, fp: int, groups: int = 1) -> Blocks:
-    """Default blocks of the input gradient (as the forward's, with the roles of C and F swapped)."""
-    blocks = forward_blocks(batch, rows, fp, cp, groups)
-    return Blocks(
-        batch=blocks.batch, run=blocks.run, num_warps=blocks.num_warps, num_stages=blocks.num_stages
-    )
+def input_grad_blocks(batch: int, rows: int, cp: int, fp: int, groups: int = 1, itemsize: int = 4) -> Blocks:
+    """Default blocks of the input gradient: the forward's, with the roles of C and F swapped."""
+    return forward_blocks(batch, rows, fp, cp, groups, itemsize)
 
 
 def _precision(precision):
@@ -196,7 +213,7 @@ def forward(
     if batch == 0:
         return jnp.zeros((groups, 0, positions, filters), out_dtype)
     cp, fp = _block(channels), _block(filters)
-    blocks = blocks or forward_blocks(batch, positions, cp, fp, groups)
+    blocks = blocks or forward_blocks(batch, positions, cp, fp, groups, x.dtype.itemsize)
     bp = -(-batch // blocks.batch) * blocks.batch
     y = forward_call(
         _prepare_x(x, geometry, bp, cp),
@@ -236,7 +253,7 @@ def kernel_grad(
             jnp.zeros((groups, positions, filters), jnp.float32),
         ]
     cp, fp = _block(channels), _block(filters)
-    blocks = blocks or kernel_grad_blocks(batch, positions, window, cp, fp, groups)
+    blocks = blocks or kernel_grad_blocks(batch, positions, window, cp, fp, groups, x.dtype.itemsize)
     bp = -(-batch // blocks.batch) * blocks.batch
     dw, db = kernel_grad_call(
         _prepare_x(x, geometry, bp, cp),
@@ -274,7 +291,7 @@ def input_grad(
     if batch == 0:
         return jnp.zeros((groups, 0, rows, channels), out_dtype)
     cp, fp = _block(channels), _block(filters)
-    blocks = blocks or input_grad_blocks(batch, rows, cp, fp, groups)
+    blocks = blocks or input_grad_blocks(batch, rows, cp, fp, groups, dy.dtype.itemsize)
     bp = -(-batch // blocks.batch) * blocks.batch
     dx = input_grad_call(
         _pad_to(dy, (dy.shape[0], bp, positions, fp)),

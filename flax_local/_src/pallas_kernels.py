@@ -19,18 +19,20 @@ offset ``j`` (row-major in ``Layout.kernel``) reads padded row
 Programs and what they read:
 
 * forward: grid ``(batch blocks, position runs, G)``; a program loops over a
-  run of neighbouring positions, and for each one over the window offsets:
-  ``(BB, Cp)`` rows of x times that position's ``(Cp, Fp)`` weights, summed in
-  float32, plus the bias, written once as ``(BB, Fp)``. Batch blocks vary
+  run of neighbouring positions, and for each one over the window offsets (the
+  inner, software-pipelined loop): ``(BB, Cp)`` rows of x times that
+  position's ``(Cp, Fp)`` weights, summed in float32, plus the bias, written
+  once as ``(BB, Fp)``. Batch blocks vary
   fastest, so the programs sharing a position's weights run together and the
   weights come from memory once; neighbouring positions reread x rows from cache.
 * kernel gradient: grid ``(offset groups, position runs, G)``; a program holds
   the ``(Cp, Fp)`` float32 sums of a group of offsets of one position and loops
-  over batch blocks: it loads the position's ``dy`` block once and, for each
-  offset, the ``(BB, Cp)`` x rows, adding ``x_rows^T @ dy``. The bias gradient
+  over batch blocks (the pipelined loop): it loads the position's ``dy`` block
+  once for all its offsets and, for each offset, the ``(BB, Cp)`` x rows,
+  adding ``x_rows^T @ dy``. The bias gradient
   (a batch sum of ``dy``) rides along in the first offset group.
 * input gradient: grid ``(batch blocks, input-row runs, G)``; a program loops
-  over a run of input rows and, for each, over the window offsets: the output
+  over a run of input rows and, for each, over the window offsets (pipelined): the output
   position whose window puts offset ``j`` on that row (if any: strides leave
   gaps, edges fall outside) contributes ``dy (BB, Fp) @ w^T (Fp, Cp)``. It is a
   gather: every row is written once, no atomics, deterministic.
@@ -173,10 +175,12 @@ def _forward_kernel(x_ref, w_ref, *refs, layout, blocks, has_bias, precision):
     def position(i, carry):
         p = first + i
         start = _window_start(layout, p)
-        acc = jnp.zeros((blocks.batch, fp), jnp.float32)
-        for j in range(layout.window):  # unrolled: each offset's rows and weights load independently
+
+        def offset(j, acc):  # the pipelined loop: each step loads (BB, Cp) rows and (Cp, Fp) weights
             rows = x_ref[gx, batch, start + _offset_row(layout, j), :]
-            acc += _dot(rows, w_ref[gw, p, j], (1, 0), precision)
+            return acc + _dot(rows, w_ref[gw, p, j], (1, 0), precision)
+
+        acc = lax.fori_loop(0, layout.window, offset, jnp.zeros((blocks.batch, fp), jnp.float32))
         if has_bias:
             acc += b_ref[_group(g, b_ref.shape[0]), p, :].astype(jnp.float32)[None, :]
         y_ref[g, batch, p, :] = acc.astype(y_ref.dtype)
@@ -280,22 +284,22 @@ def _input_grad_kernel(dy_ref, w_ref, dx_ref, *, layout, blocks, precision):
     def input_row(i, carry):
         r = first + i
         coords = _unflatten(r, layout.unpadded)
-        acc = jnp.zeros((blocks.batch, cp), jnp.float32)
-        for j in range(layout.window):
-            taps = [
-                (j // math.prod(layout.kernel[d + 1 :])) % layout.kernel[d] for d in range(len(layout.kernel))
-            ]
+
+        def offset(j, acc):
             valid, p = True, 0
-            for d, (c, t) in enumerate(zip(coords, taps)):
-                # Output coordinate o with o * stride + t * dilation - low == c, if any.
-                q = c + (layout.low[d] - t * layout.dilation[d])
+            for d, (c, t) in enumerate(zip(coords, _unflatten(j, layout.kernel))):
+                # The output coordinate o with o * stride + t * dilation - low == c, if any;
+                # where none, a clamped in-bounds position is read and its product dropped.
+                q = c + layout.low[d] - t * layout.dilation[d]
                 o = lax.div(q, jnp.int32(layout.strides[d]))
                 valid = valid & (q >= 0) & (o < layout.out[d])
                 if layout.strides[d] > 1:
                     valid = valid & (lax.rem(q, jnp.int32(layout.strides[d])) == 0)
                 p = p + jnp.clip(o, 0, layout.out[d] - 1) * out_pitch[d]
             term = _dot(dy_ref[gd, batch, p, :], w_ref[gw, p, j], (1, 1), precision)
-            acc = jnp.where(valid, acc + term, acc)
+            return jnp.where(valid, acc + term, acc)
+
+        acc = lax.fori_loop(0, layout.window, offset, jnp.zeros((blocks.batch, cp), jnp.float32))
         dx_ref[g, batch, r, :] = acc.astype(dx_ref.dtype)
         return carry
 

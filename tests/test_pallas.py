@@ -299,3 +299,24 @@ def test_the_kernels_lower_to_triton_for_cuda(
     for fn, args in calls:
         exported = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(*args)
         assert exported.mlir_module().count("xla.gpu.triton") == 1
+
+
+def test_as_the_native_primitives_gpu_lowering_a_training_step_runs_three_kernels():
+    """``register_gpu_lowerings``: jit(grad) of the primitives exports for CUDA as Triton calls only."""
+    from jax import export
+
+    pallas_impl.register_gpu_lowerings()
+    g = make_geometry((8, 8), (3, 3), (1, 1), "same", (1, 1))
+    x = jax.ShapeDtypeStruct((2, 4, 64, 3), jnp.float32)  # two groups: a vmapped axis
+    w = jax.ShapeDtypeStruct((2, 64, 27, 5), jnp.float32)
+    bias = jax.ShapeDtypeStruct((1, 64, 5), jnp.float32)  # shared by both groups
+
+    def loss(x, w, bias):
+        return jnp.sum(jnp.square(native.forward(x, w, bias, g)))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    module = export.export(step, platforms=["cuda"], disabled_checks=checks)(x, w, bias).mlir_module()
+    # forward, kernel gradient, input gradient; no gather of windows.
+    assert module.count("xla.gpu.triton") == 3, module.count("xla.gpu.triton")
+    assert "stablehlo.gather" not in module

@@ -305,6 +305,33 @@ def input_grad(
     return dx[:, :batch, :, :channels] if (bp, cp) != (batch, channels) else dx
 
 
+def register_gpu_lowerings(platform: str = "cuda") -> None:
+    """Makes the three kernels the lowering of ``native.py``'s primitives on ``platform``.
+
+    The primitives then run the Pallas kernels under ``jit`` on that platform,
+    with their own ``grad``, ``jvp``, higher-order and ``vmap`` rules (each a
+    product of the others, ``vmap`` through the group axis). Products take the
+    default precision (TF32 for float32 on GPU), or full float32 under
+    ``jax_default_matmul_precision="highest"``. Calling it again is harmless.
+
+    Args:
+      platform: the MLIR platform (``"cuda"``; Pallas's Triton lowering also
+        serves ``"rocm"``, untested here).
+    """
+    from jax.interpreters import mlir
+
+    from flax_local._src import native
+
+    rules = (
+        (native.forward_p, forward, False),
+        (native.kernel_grad_p, kernel_grad, True),
+        (native.input_grad_p, input_grad, False),
+    )
+    for primitive, fn, multiple in rules:
+        lowering = mlir.lower_fun(functools.partial(fn, interpret=False), multiple_results=multiple)
+        mlir.register_lowering(primitive, lowering, platform=platform)
+
+
 # ----------------------------------------------------------------------------
 # The layer
 # ----------------------------------------------------------------------------

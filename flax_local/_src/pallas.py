@@ -112,10 +112,15 @@ def kernel_grad_blocks(
 
     The sums of a program's offsets, ``offsets * Cp * Fp`` floats, stay in
     registers (at most 8192); each step of the pipelined batch loop buffers
-    ``(BB, Fp)`` of dy and ``(BB, Cp)`` of x per offset.
+    ``(BB, Fp)`` of dy and ``(BB, Cp)`` of x per offset, at least two steps
+    deep within the shared-memory budget.
     """
-    offsets = max(t for t in range(1, window + 1) if window % t == 0 and (t == 1 or t * cp * fp <= 8192))
     bb = max(_MIN_BLOCK, min(_block(batch), 64))
+
+    def fits(t: int) -> bool:  # the sums in registers, two pipeline stages in shared memory
+        return t * cp * fp <= 8192 and 2 * (bb * fp + t * bb * cp) * itemsize <= _SMEM_BUDGET
+
+    offsets = max(t for t in range(1, window + 1) if window % t == 0 and (t == 1 or fits(t)))
     return Blocks(
         batch=bb,
         run=_run(positions, groups * window // offsets, limit=4),
@@ -358,8 +363,9 @@ def _layer_bwd(geometry, precision, interpret, residuals, dy):
     x, w, has_bias = residuals
     options = dict(geometry=geometry, interpret=interpret, precision=precision)
     dx = input_grad(dy, w, out_dtype=x.dtype, **options)
-    dw, db = kernel_grad(x, dy, weight_dtype=jnp.float32, **options)
-    return dx, dw.astype(w.dtype), db.astype(w.dtype) if has_bias else None
+    # The kernel gradient is written in the weights' dtype directly (no float32 copy).
+    dw, db = kernel_grad(x, dy, weight_dtype=w.dtype, **options)
+    return dx, dw, db.astype(w.dtype) if has_bias else None
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

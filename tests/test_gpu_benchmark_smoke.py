@@ -19,6 +19,7 @@ def test_gpu_run_quick_writes_rows_that_agree(tmp_path):
         for impl in (gpu_run.PALLAS, gpu_run.PATCHES, gpu_run.CONVLOCAL):
             row = gpu_run._row(case, impl, mode)
             assert row is not None and row["median_ms"] > 0 and row["compile_ms"] > 0, (impl, mode)
+            assert row["pipelined_ms"] > 0 and row["pipelined_calls"] >= 2, row
         assert gpu_run._row(case, gpu_run.PALLAS, mode)["agrees"] is True
     assert case["summary"]["pallas_agrees"] is True and case["summary"]["speedup_vs_patches"] > 0
     assert set(run["targets"]["met"]) >= {"never_slower_than_patches", "temp_memory_25pct"}

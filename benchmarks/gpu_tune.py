@@ -35,7 +35,7 @@ from flax_local._src.pallas_kernels import Blocks
 DEFAULT_CASES = ["face48", "mid28", "seq1024", "vol16", "face48_bf16"]
 
 
-def variants(default: Blocks, window: int, kernel_grad: bool) -> list[Blocks]:
+def variants(default: Blocks, window: int, kernel: str) -> list[Blocks]:
     """The default and its neighbours (distinct, valid for Triton)."""
     out = [default]
 
@@ -51,9 +51,13 @@ def variants(default: Blocks, window: int, kernel_grad: bool) -> list[Blocks]:
     add(num_warps=8 if default.num_warps == 4 else 4)
     add(num_stages=2 if default.num_stages != 2 else 3)
     add(num_stages=1)
-    if kernel_grad:
+    if kernel == "kernel_grad":
         add(offsets=1)
         add(offsets=window, num_warps=8)
+    if kernel == "forward":  # input rows shared along the last axis: run * BB * Fp float32 sums
+        add(reuse=True, run=4, batch=min(default.batch, 64), num_warps=8)
+        add(reuse=True, run=8, batch=min(default.batch, 32), num_warps=8)
+        add(reuse=True, run=4, batch=min(default.batch, 64), num_warps=8, num_stages=1)
     return out
 
 
@@ -69,7 +73,7 @@ def _operands(case: cases_lib.Case):
 
 
 def _calls(case: cases_lib.Case, interpret: bool):
-    """``(kernel name, fn(blocks) -> jitted function, args, default blocks, kernel_grad?)`` per kernel."""
+    """``(kernel name, fn(blocks) -> function, args, default blocks)`` per kernel."""
     geometry, x, w, dy = _operands(case)
     cp, fp = pallas._block(case.channels), pallas._block(case.filters)
     positions, window, rows = geometry.num_positions, geometry.window_volume, math.prod(case.spatial)
@@ -84,21 +88,18 @@ def _calls(case: cases_lib.Case, interpret: bool):
             ),
             (x, w),
             pallas.forward_blocks(case.batch, positions, cp, fp, 1, item),
-            False,
         ),
         (
             "kernel_grad",
             lambda b: lambda x, dy: pallas.kernel_grad(x, dy, weight_dtype=weight_dtype, blocks=b, **common),
             (x, dy),
             pallas.kernel_grad_blocks(case.batch, positions, window, cp, fp, 1, item),
-            True,
         ),
         (
             "input_grad",
             lambda b: lambda dy, w: pallas.input_grad(dy, w, out_dtype=dy.dtype, blocks=b, **common),
             (dy, w),
             pallas.input_grad_blocks(case.batch, rows, cp, fp, 1, item),
-            False,
         ),
     ]
 
@@ -106,9 +107,9 @@ def _calls(case: cases_lib.Case, interpret: bool):
 def sweep(case: cases_lib.Case, args: argparse.Namespace, deadline: float) -> list[dict]:
     rows = []
     window = jax_impls.geometry_of(case).window_volume
-    for name, make, operands, default, is_kernel_grad in _calls(case, args.interpret):
+    for name, make, operands, default in _calls(case, args.interpret):
         reference = None
-        for blocks in variants(default, window, is_kernel_grad):
+        for blocks in variants(default, window, name):
             row = {
                 "case": case.name,
                 "kernel": name,
@@ -143,7 +144,9 @@ def sweep(case: cases_lib.Case, args: argparse.Namespace, deadline: float) -> li
 
 
 def _label(b: Blocks) -> str:
-    return f"bb{b.batch} run{b.run} off{b.offsets} w{b.num_warps} s{b.num_stages}"
+    return (
+        f"bb{b.batch} run{b.run} off{b.offsets} w{b.num_warps} s{b.num_stages}{' reuse' if b.reuse else ''}"
+    )
 
 
 def best(rows: list[dict]) -> dict:

@@ -60,9 +60,11 @@ def test_targets_follow_the_issue():
 
 def test_tune_variants_are_valid_and_distinct():
     default = Blocks(batch=64, run=4, offsets=3, num_warps=4, num_stages=3)
-    found = gpu_tune.variants(default, window=9, kernel_grad=True)
-    assert found[0] == default and len(set(found)) == len(found) > 5
-    assert all(b.batch >= 16 and 9 % b.offsets == 0 for b in found)
+    for kernel in ("forward", "kernel_grad", "input_grad"):
+        found = gpu_tune.variants(default, window=9, kernel=kernel)
+        assert found[0] == default and len(set(found)) == len(found) > 5
+        assert all(b.batch >= 16 and 9 % b.offsets == 0 for b in found)
+        assert any(b.reuse for b in found) == (kernel == "forward")
     rows = [
         {"case": "c", "kernel": "forward", "blocks": {"batch": 16}, "default": True, "median_ms": 2.0},
         {"case": "c", "kernel": "forward", "blocks": {"batch": 32}, "default": False, "median_ms": 1.0},

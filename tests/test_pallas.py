@@ -168,6 +168,43 @@ def test_three_products_match_the_references(name):
         _close(a, np.asarray(b.astype(jnp.float32), np.float64), tolerance, f"{name} {what} vs native.py")
 
 
+def test_forward_with_input_rows_shared_along_the_last_axis():
+    """``Blocks(reuse=True)``: runs of a row, ragged last runs, strides, dilation, every rank."""
+    from flax_local._src.pallas_kernels import Blocks
+
+    geometries = [
+        (make_geometry((7, 6), (3, 2), (2, 1), "same", (1, 2)), 4),  # runs of 4 in rows of 6: ragged
+        (make_geometry((9,), (3,), (1,), "causal", (2,)), 4),
+        (make_geometry((4, 3, 5), (2, 2, 3), (1, 1, 2), "valid", (1, 1, 1)), 2),
+    ]
+    rng = np.random.default_rng(3)
+    operands = []
+    for g, _ in geometries:
+        x = rng.standard_normal((1, 3, math.prod(g.input_spatial), 5)).astype(np.float32)
+        w = rng.standard_normal((2, g.num_positions, g.window_volume * 5, 3)).astype(np.float32)
+        bias = rng.standard_normal((1, g.num_positions, 3)).astype(np.float32)
+        operands.append((x, w, bias))
+
+    @jax.jit
+    def run(operands):
+        return [
+            (
+                pallas_impl.forward(
+                    *ops,
+                    geometry=g,
+                    has_bias=True,
+                    interpret=INTERPRET,
+                    blocks=Blocks(batch=16, run=r, reuse=True),
+                ),
+                native._forward_reference(*ops, geometry=g, has_bias=True),
+            )
+            for (g, r), ops in zip(geometries, operands)
+        ]
+
+    for (g, _), (ours, theirs) in zip(geometries, run(operands)):
+        _close(ours, np.asarray(theirs, np.float64), 1e-5, f"reuse forward {g.output_spatial}")
+
+
 def test_an_empty_batch_gives_empty_outputs_and_zero_kernel_gradients():
     g = make_geometry((5,), (3,), (1,), "valid", (1,))
     x, dy = jnp.zeros((1, 0, 5, 2)), jnp.zeros((1, 0, 3, 4))
@@ -287,11 +324,15 @@ def test_the_kernels_lower_to_triton_for_cuda(
     w = jax.ShapeDtypeStruct((2, positions, window * channels, filters), dtype)
     bias = jax.ShapeDtypeStruct((1, positions, filters), jnp.float32)
     dy = jax.ShapeDtypeStruct((2, batch, positions, filters), dtype)
+    from flax_local._src.pallas_kernels import Blocks
+
+    reuse = Blocks(batch=16, run=4, reuse=True, num_warps=8)
     calls = [
         (
             lambda x, w, b: pallas_impl.forward(x, w, b, geometry=g, has_bias=True, precision="highest"),
             (x, w, bias),
         ),
+        (lambda x, w: pallas_impl.forward(x, w, geometry=g, has_bias=False, blocks=reuse), (x, w)),
         (lambda x, dy: pallas_impl.kernel_grad(x, dy, geometry=g, weight_dtype=jnp.bfloat16), (x, dy)),
         (lambda dy, w: pallas_impl.input_grad(dy, w, geometry=g), (dy, w)),
     ]

@@ -22,7 +22,9 @@ Programs and what they read:
   run of neighbouring positions, and for each one over the window offsets (the
   inner, software-pipelined loop): ``(BB, Cp)`` rows of x times that
   position's ``(Cp, Fp)`` weights, summed in float32, plus the bias, written
-  once as ``(BB, Fp)``. Batch blocks vary
+  once as ``(BB, Fp)``. (``Blocks.reuse`` selects a variant whose run lies
+  along the last output axis and loads each input row once for every
+  position and last-axis offset that reads it.) Batch blocks vary
   fastest, so the programs sharing a position's weights run together and the
   weights come from memory once; neighbouring positions reread x rows from cache.
 * kernel gradient: grid ``(offset groups, position runs, G)``; a program holds
@@ -93,6 +95,9 @@ class Blocks:
       offsets: window offsets per program (kernel gradient only; divides the window).
       num_warps: warps per program (GPU).
       num_stages: software-pipelining depth of the program's inner loop (GPU).
+      reuse: forward only: a program's run lies along the last output axis and
+        each input row it loads serves every (position, last-axis offset) pair
+        that reads it, instead of one load per pair (``_forward_reuse_kernel``).
     """
 
     batch: int
@@ -100,6 +105,7 @@ class Blocks:
     offsets: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    reuse: bool = False
 
 
 def _unflatten(index, sizes: tuple[int, ...]) -> list:
@@ -189,13 +195,80 @@ def _forward_kernel(x_ref, w_ref, *refs, layout, blocks, has_bias, precision):
     lax.fori_loop(0, _run_count(first, blocks.run, layout.positions), position, 0)
 
 
+def _forward_reuse_kernel(x_ref, w_ref, *refs, layout, blocks, has_bias, precision):
+    """The forward pass with input rows shared along the last axis.
+
+    A program computes ``run`` neighbouring positions of one output row (along
+    the last spatial axis). For each offset of the other axes (the pipelined
+    loop) it loads each input row of the run's span once and multiplies it into
+    every position whose window reads it at some last-axis offset: ``run + (k -
+    1) * dilation`` loads (stride 1) instead of ``run * k``. The sums of the
+    whole run stay in registers. A run past the row's end reads clamped,
+    in-bounds rows and weights and stores only its real positions.
+    """
+    b_ref, y_ref = refs if has_bias else (None, refs[0])
+    g, segment_index = pl.program_id(2), pl.program_id(1)
+    batch = pl.ds(pl.program_id(0) * blocks.batch, blocks.batch)
+    gx, gw = _group(g, x_ref.shape[0]), _group(g, w_ref.shape[0])
+    fp = w_ref.shape[-1]
+    last, k_last = layout.out[-1], layout.kernel[-1]
+    stride, dilation, width = layout.strides[-1], layout.dilation[-1], layout.padded[-1]
+    segments = -(-last // blocks.run)
+    row = lax.div(segment_index, jnp.int32(segments))
+    o_first = lax.rem(segment_index, jnp.int32(segments)) * blocks.run
+    p_first = row * last + o_first
+    count = jnp.minimum(jnp.int32(blocks.run), jnp.int32(last) - o_first)
+    # Padded row of the run's first column with last-axis offset 0, other offsets 0.
+    pitch = _pitches(layout.padded)
+    outer = _unflatten(row, layout.out[:-1]) if len(layout.out) > 1 else []
+    start = sum(c * (s * q) for c, s, q in zip(outer, layout.strides, pitch))
+    column0 = o_first * stride
+    # Static: for each column u of the span, the (position i, last-axis offset t) pairs reading it.
+    readers: dict[int, list[tuple[int, int]]] = {}
+    for i in range(blocks.run):
+        for t in range(k_last):
+            readers.setdefault(i * stride + t * dilation, []).append((i, t))
+    positions = [jnp.minimum(p_first + i, layout.positions - 1) for i in range(blocks.run)]
+    outer_kernel = layout.kernel[:-1]
+
+    def outer_offset(j, sums):
+        if outer_kernel:
+            taps = _unflatten(j, outer_kernel)
+            shift = sum(t * (d * q) for t, d, q in zip(taps, layout.dilation, pitch))
+        else:
+            shift = 0
+        sums = list(sums)
+        for u, pairs in sorted(readers.items()):
+            column = jnp.minimum(column0 + u, width - 1)
+            rows = x_ref[gx, batch, start + shift + column, :]
+            for i, t in pairs:
+                sums[i] = sums[i] + _dot(rows, w_ref[gw, positions[i], j * k_last + t], (1, 0), precision)
+        return tuple(sums)
+
+    zeros = tuple(jnp.zeros((blocks.batch, fp), jnp.float32) for _ in range(blocks.run))
+    sums = lax.fori_loop(0, math.prod(outer_kernel), outer_offset, zeros)
+    for i, acc in enumerate(sums):
+        if has_bias:
+            acc = acc + b_ref[_group(g, b_ref.shape[0]), positions[i], :].astype(jnp.float32)[None, :]
+
+        @pl.when(i < count)
+        def _(i=i, acc=acc):  # traced at once: the defaults only satisfy the linter
+            y_ref[g, batch, p_first + i, :] = acc.astype(y_ref.dtype)
+
+
 def forward_call(x, w, bias, *, layout: Layout, blocks: Blocks, out_dtype, precision, interpret: bool):
     """``y (G, Bp, P, Fp)`` of prepared operands (module docstring)."""
     groups = max(x.shape[0], w.shape[0], 1 if bias is None else bias.shape[0])
     batch, fp = x.shape[1], w.shape[-1]
-    grid = (batch // blocks.batch, pl.cdiv(layout.positions, blocks.run), groups)
+    if blocks.reuse:
+        runs = math.prod(layout.out[:-1]) * pl.cdiv(layout.out[-1], blocks.run)
+        body = _forward_reuse_kernel
+    else:
+        runs = pl.cdiv(layout.positions, blocks.run)
+        body = _forward_kernel
+    grid = (batch // blocks.batch, runs, groups)
     kernel = functools.partial(
-        _forward_kernel, layout=layout, blocks=blocks, has_bias=bias is not None, precision=precision
+        body, layout=layout, blocks=blocks, has_bias=bias is not None, precision=precision
     )
     operands = (x, w) if bias is None else (x, w, bias)
     return pl.pallas_call(

@@ -361,3 +361,11 @@ def test_as_the_native_primitives_gpu_lowering_a_training_step_runs_three_kernel
     # forward, kernel gradient, input gradient; no gather of windows.
     assert module.count("xla.gpu.triton") == 3, module.count("xla.gpu.triton")
     assert "stablehlo.gather" not in module
+
+
+def test_operands_past_32_bit_offsets_are_refused_before_compiling():
+    g = make_geometry((4096, 4096), (3, 3), (1, 1), "same", (1, 1))
+    x = jax.ShapeDtypeStruct((1, 128, 4096 * 4096, 1), jnp.float32)  # 2**31 elements once padded
+    w = jax.ShapeDtypeStruct((1, g.num_positions, 9, 1), jnp.float32)
+    with pytest.raises(ValueError, match=r"32-bit offsets, but x of shape \(1, 128, 16793604, 16\)"):
+        jax.eval_shape(lambda x, w: pallas_impl.forward(x, w, geometry=g, has_bias=False), x, w)

@@ -138,7 +138,7 @@ def input_grad_blocks(batch: int, rows: int, cp: int, fp: int, groups: int = 1, 
 def _precision(precision):
     """``precision``, or the HIGHEST that ``jax_default_matmul_precision`` asks for when None."""
     if precision is None:
-        default = jax.config.jax_default_matmul_precision
+        default = getattr(jax.config, "jax_default_matmul_precision", None)
         if default in ("highest", "float32", "F32_F32_F32"):
             return lax.Precision.HIGHEST
         return None
@@ -176,6 +176,21 @@ def _prepare_w(w: jax.Array, window: int, cp: int, fp: int) -> jax.Array:
     groups, positions, _, filters = w.shape
     w = w.reshape(groups, positions, window, -1, filters)
     return _pad_to(w, (groups, positions, window, cp, fp))
+
+
+_MAX_ELEMENTS = 2**31 - 1
+
+
+def _check_sizes(interpret: bool, **operands) -> None:
+    """Triton indexes with 32-bit element offsets: larger operands would read wrong elements."""
+    if interpret:
+        return
+    for name, shape in operands.items():
+        if math.prod(shape) > _MAX_ELEMENTS:
+            raise ValueError(
+                f"implementation='pallas' indexes operands with 32-bit offsets, but {name} of shape "
+                f"{tuple(shape)} has {math.prod(shape)} > 2**31 - 1 elements; use implementation='patches'."
+            )
 
 
 def _group_count(*shapes) -> int:
@@ -220,11 +235,18 @@ def forward(
     cp, fp = _block(channels), _block(filters)
     blocks = blocks or forward_blocks(batch, positions, cp, fp, groups, x.dtype.itemsize)
     bp = -(-batch // blocks.batch) * blocks.batch
+    layout = layout_of(geometry)
+    _check_sizes(
+        interpret,
+        x=(x.shape[0], bp, math.prod(layout.padded), cp),
+        kernel=(w.shape[0], positions, window, cp, fp),
+        y=(groups, bp, positions, fp),
+    )
     y = forward_call(
         _prepare_x(x, geometry, bp, cp),
         _prepare_w(w, window, cp, fp),
         _pad_to(bias[0], (bias[0].shape[0], positions, fp)) if has_bias else None,
-        layout=layout_of(geometry),
+        layout=layout,
         blocks=blocks,
         out_dtype=out_dtype,
         precision=_precision(precision),
@@ -260,10 +282,17 @@ def kernel_grad(
     cp, fp = _block(channels), _block(filters)
     blocks = blocks or kernel_grad_blocks(batch, positions, window, cp, fp, groups, x.dtype.itemsize)
     bp = -(-batch // blocks.batch) * blocks.batch
+    layout = layout_of(geometry)
+    _check_sizes(
+        interpret,
+        x=(x.shape[0], bp, math.prod(layout.padded), cp),
+        kernel=(groups, positions, window, cp, fp),
+        dy=(dy.shape[0], bp, positions, fp),
+    )
     dw, db = kernel_grad_call(
         _prepare_x(x, geometry, bp, cp),
         _pad_to(dy, (dy.shape[0], bp, positions, fp)),
-        layout=layout_of(geometry),
+        layout=layout,
         blocks=blocks,
         weight_dtype=weight_dtype,
         precision=_precision(precision),
@@ -298,6 +327,12 @@ def input_grad(
     cp, fp = _block(channels), _block(filters)
     blocks = blocks or input_grad_blocks(batch, rows, cp, fp, groups, dy.dtype.itemsize)
     bp = -(-batch // blocks.batch) * blocks.batch
+    _check_sizes(
+        interpret,
+        dy=(dy.shape[0], bp, positions, fp),
+        kernel=(w.shape[0], positions, window, cp, fp),
+        dx=(groups, bp, rows, cp),
+    )
     dx = input_grad_call(
         _pad_to(dy, (dy.shape[0], bp, positions, fp)),
         _prepare_w(w, window, cp, fp),

@@ -35,7 +35,7 @@ from flax_local._src.pallas_kernels import Blocks
 DEFAULT_CASES = ["face48", "mid28", "seq1024", "vol16", "face48_bf16"]
 
 
-def variants(default: Blocks, window: int, kernel: str) -> list[Blocks]:
+def variants(default: Blocks, window: int, kernel: str, last_stride: int = 1) -> list[Blocks]:
     """The default and its neighbours (distinct, valid for Triton)."""
     out = [default]
 
@@ -54,7 +54,8 @@ def variants(default: Blocks, window: int, kernel: str) -> list[Blocks]:
     if kernel == "kernel_grad":
         add(offsets=1)
         add(offsets=window, num_warps=8)
-    if kernel == "forward":  # input rows shared along the last axis: run * BB * Fp float32 sums
+    if kernel == "forward" or (kernel == "input_grad" and last_stride == 1):
+        # Rows shared along the last axis: run * BB * Fp (or Cp) float32 sums.
         add(reuse=True, run=4, batch=min(default.batch, 64), num_warps=8)
         add(reuse=True, run=8, batch=min(default.batch, 32), num_warps=8)
         add(reuse=True, run=4, batch=min(default.batch, 64), num_warps=8, num_stages=1)
@@ -106,10 +107,11 @@ def _calls(case: cases_lib.Case, interpret: bool):
 
 def sweep(case: cases_lib.Case, args: argparse.Namespace, deadline: float) -> list[dict]:
     rows = []
-    window = jax_impls.geometry_of(case).window_volume
+    geometry = jax_impls.geometry_of(case)
+    window, last_stride = geometry.window_volume, geometry.strides[-1]
     for name, make, operands, default in _calls(case, args.interpret):
         reference = None
-        for blocks in variants(default, window, name):
+        for blocks in variants(default, window, name, last_stride):
             row = {
                 "case": case.name,
                 "kernel": name,

@@ -64,7 +64,8 @@ def test_tune_variants_are_valid_and_distinct():
         found = gpu_tune.variants(default, window=9, kernel=kernel)
         assert found[0] == default and len(set(found)) == len(found) > 5
         assert all(b.batch >= 16 and 9 % b.offsets == 0 for b in found)
-        assert any(b.reuse for b in found) == (kernel == "forward")
+        assert any(b.reuse for b in found) == (kernel != "kernel_grad")
+    assert not any(b.reuse for b in gpu_tune.variants(default, window=9, kernel="input_grad", last_stride=2))
     rows = [
         {"case": "c", "kernel": "forward", "blocks": {"batch": 16}, "default": True, "median_ms": 2.0},
         {"case": "c", "kernel": "forward", "blocks": {"batch": 32}, "default": False, "median_ms": 1.0},

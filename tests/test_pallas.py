@@ -168,14 +168,15 @@ def test_three_products_match_the_references(name):
         _close(a, np.asarray(b.astype(jnp.float32), np.float64), tolerance, f"{name} {what} vs native.py")
 
 
-def test_forward_with_input_rows_shared_along_the_last_axis():
-    """``Blocks(reuse=True)``: runs of a row, ragged last runs, strides, dilation, every rank."""
+def test_rows_shared_along_the_last_axis():
+    """``Blocks(reuse=True)`` forward and input gradient: ragged runs, strides, dilation, every rank."""
     from flax_local._src.pallas_kernels import Blocks
 
     geometries = [
         (make_geometry((7, 6), (3, 2), (2, 1), "same", (1, 2)), 4),  # runs of 4 in rows of 6: ragged
         (make_geometry((9,), (3,), (1,), "causal", (2,)), 4),
-        (make_geometry((4, 3, 5), (2, 2, 3), (1, 1, 2), "valid", (1, 1, 1)), 2),
+        (make_geometry((4, 3, 5), (2, 2, 3), (1, 2, 1), "valid", (1, 1, 1)), 2),
+        (make_geometry((6,), (4,), (1,), ((-1, 3),), (1,)), 3),  # a crop on the low side
     ]
     rng = np.random.default_rng(3)
     operands = []
@@ -183,26 +184,32 @@ def test_forward_with_input_rows_shared_along_the_last_axis():
         x = rng.standard_normal((1, 3, math.prod(g.input_spatial), 5)).astype(np.float32)
         w = rng.standard_normal((2, g.num_positions, g.window_volume * 5, 3)).astype(np.float32)
         bias = rng.standard_normal((1, g.num_positions, 3)).astype(np.float32)
-        operands.append((x, w, bias))
+        dy = rng.standard_normal((1, 3, g.num_positions, 3)).astype(np.float32)
+        operands.append((x, w, bias, dy))
 
     @jax.jit
     def run(operands):
-        return [
-            (
-                pallas_impl.forward(
-                    *ops,
-                    geometry=g,
-                    has_bias=True,
-                    interpret=INTERPRET,
-                    blocks=Blocks(batch=16, run=r, reuse=True),
-                ),
-                native._forward_reference(*ops, geometry=g, has_bias=True),
+        out = []
+        for (g, r), (x, w, bias, dy) in zip(geometries, operands):
+            options = dict(geometry=g, interpret=INTERPRET, blocks=Blocks(batch=16, run=r, reuse=True))
+            out.append(
+                (
+                    pallas_impl.forward(x, w, bias, has_bias=True, **options),
+                    native._forward_reference(x, w, bias, geometry=g, has_bias=True),
+                    pallas_impl.input_grad(dy, w, **options),
+                    native._input_grad_reference(dy, w, geometry=g),
+                )
             )
-            for (g, r), ops in zip(geometries, operands)
-        ]
+        return out
 
-    for (g, _), (ours, theirs) in zip(geometries, run(operands)):
-        _close(ours, np.asarray(theirs, np.float64), 1e-5, f"reuse forward {g.output_spatial}")
+    for (g, _), (y, y_ref, dx, dx_ref) in zip(geometries, run(operands)):
+        _close(y, np.asarray(y_ref, np.float64), 1e-5, f"reuse forward {g.output_spatial}")
+        _close(dx, np.asarray(dx_ref, np.float64), 1e-5, f"reuse input gradient {g.input_spatial}")
+    with pytest.raises(ValueError, match="needs a last stride of 1"):
+        g = make_geometry((8,), (3,), (2,), "valid", (1,))
+        pallas_impl.input_grad(
+            jnp.ones((1, 1, 3, 2)), jnp.ones((1, 3, 6, 2)), geometry=g, blocks=Blocks(16, 2, reuse=True)
+        )
 
 
 def test_an_empty_batch_gives_empty_outputs_and_zero_kernel_gradients():
@@ -336,6 +343,8 @@ def test_the_kernels_lower_to_triton_for_cuda(
         (lambda x, dy: pallas_impl.kernel_grad(x, dy, geometry=g, weight_dtype=jnp.bfloat16), (x, dy)),
         (lambda dy, w: pallas_impl.input_grad(dy, w, geometry=g), (dy, w)),
     ]
+    if strides[-1] == 1:
+        calls.append((lambda dy, w: pallas_impl.input_grad(dy, w, geometry=g, blocks=reuse), (dy, w)))
     checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
     for fn, args in calls:
         exported = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(*args)

@@ -95,9 +95,10 @@ class Blocks:
       offsets: window offsets per program (kernel gradient only; divides the window).
       num_warps: warps per program (GPU).
       num_stages: software-pipelining depth of the program's inner loop (GPU).
-      reuse: forward only: a program's run lies along the last output axis and
-        each input row it loads serves every (position, last-axis offset) pair
-        that reads it, instead of one load per pair (``_forward_reuse_kernel``).
+      reuse: a program's run lies along the last spatial axis and each row it
+        loads serves every pair (position or input column, last-axis offset)
+        that uses it, instead of one load per pair (``_forward_reuse_kernel``,
+        ``_input_grad_reuse_kernel``; the input gradient's needs a last stride of 1).
     """
 
     batch: int
@@ -379,13 +380,84 @@ def _input_grad_kernel(dy_ref, w_ref, dx_ref, *, layout, blocks, precision):
     lax.fori_loop(0, _run_count(first, blocks.run, rows), input_row, 0)
 
 
+def _input_grad_reuse_kernel(dy_ref, w_ref, dx_ref, *, layout, blocks, precision):
+    """The input gradient with ``dy`` rows shared along the last axis (last stride 1).
+
+    A program computes ``run`` neighbouring input columns of one input row.
+    For each offset of the other axes (the pipelined loop) it loads the
+    ``run + (k - 1) * dilation`` rows of dy that the run's columns receive from
+    once each (masked to zero where no output position exists) and multiplies
+    each into every (column, last-axis offset) pair that it feeds.
+    """
+    g, segment_index = pl.program_id(2), pl.program_id(1)
+    batch = pl.ds(pl.program_id(0) * blocks.batch, blocks.batch)
+    gd, gw = _group(g, dy_ref.shape[0]), _group(g, w_ref.shape[0])
+    cp = w_ref.shape[-2]
+    width, k_last = layout.unpadded[-1], layout.kernel[-1]
+    dilation, out_last = layout.dilation[-1], layout.out[-1]
+    segments = -(-width // blocks.run)
+    row = lax.div(segment_index, jnp.int32(segments))
+    c_first = lax.rem(segment_index, jnp.int32(segments)) * blocks.run
+    r_first = row * width + c_first
+    count = jnp.minimum(jnp.int32(blocks.run), jnp.int32(width) - c_first)
+    outer = _unflatten(row, layout.unpadded[:-1]) if len(layout.unpadded) > 1 else []
+    out_pitch = _pitches(layout.out)
+    span = (k_last - 1) * dilation
+    o_first = c_first + layout.low[-1] - span  # output column of the first dy row of the span
+    # Static: for each dy row u of the span, the (input column i, last-axis offset t) pairs it feeds.
+    feeds: dict[int, list[tuple[int, int]]] = {}
+    for i in range(blocks.run):
+        for t in range(k_last):
+            feeds.setdefault(i - t * dilation + span, []).append((i, t))
+    outer_kernel = layout.kernel[:-1]
+
+    def outer_offset(j, sums):
+        valid, p_outer = True, 0
+        taps = _unflatten(j, outer_kernel) if outer_kernel else []
+        for d, (c, t) in enumerate(zip(outer, taps)):
+            q = c + layout.low[d] - t * layout.dilation[d]
+            o = lax.div(q, jnp.int32(layout.strides[d]))
+            valid = valid & (q >= 0) & (o < layout.out[d])
+            if layout.strides[d] > 1:
+                valid = valid & (lax.rem(q, jnp.int32(layout.strides[d])) == 0)
+            p_outer = p_outer + jnp.clip(o, 0, layout.out[d] - 1) * out_pitch[d]
+        sums = list(sums)
+        for u, pairs in sorted(feeds.items()):
+            o_last = o_first + u
+            p = p_outer + jnp.clip(o_last, 0, out_last - 1)
+            present = valid & (o_last >= 0) & (o_last < out_last)
+            rows = dy_ref[gd, batch, p, :]
+            rows = jnp.where(present, rows, jnp.zeros_like(rows))
+            for i, t in pairs:
+                sums[i] = sums[i] + _dot(rows, w_ref[gw, p, j * k_last + t], (1, 1), precision)
+        return tuple(sums)
+
+    zeros = tuple(jnp.zeros((blocks.batch, cp), jnp.float32) for _ in range(blocks.run))
+    sums = lax.fori_loop(0, math.prod(outer_kernel), outer_offset, zeros)
+    for i, acc in enumerate(sums):
+
+        @pl.when(i < count)
+        def _(i=i, acc=acc):  # traced at once: the defaults only satisfy the linter
+            dx_ref[g, batch, r_first + i, :] = acc.astype(dx_ref.dtype)
+
+
 def input_grad_call(dy, w, *, layout: Layout, blocks: Blocks, out_dtype, precision, interpret: bool):
     """``dx (G, Bp, R, Cp)`` (unpadded rows) of prepared operands."""
     groups = max(dy.shape[0], w.shape[0])
     batch, cp = dy.shape[1], w.shape[-2]
     rows = math.prod(layout.unpadded)
-    grid = (batch // blocks.batch, pl.cdiv(rows, blocks.run), groups)
-    kernel = functools.partial(_input_grad_kernel, layout=layout, blocks=blocks, precision=precision)
+    if blocks.reuse and layout.strides[-1] != 1:
+        raise ValueError(
+            f"Blocks(reuse=True) for the input gradient needs a last stride of 1, got {layout.strides}"
+        )
+    if blocks.reuse:
+        runs = math.prod(layout.unpadded[:-1]) * pl.cdiv(layout.unpadded[-1], blocks.run)
+        body = _input_grad_reuse_kernel
+    else:
+        runs = pl.cdiv(rows, blocks.run)
+        body = _input_grad_kernel
+    grid = (batch // blocks.batch, runs, groups)
+    kernel = functools.partial(body, layout=layout, blocks=blocks, precision=precision)
     return pl.pallas_call(
         kernel,
         grid=grid,

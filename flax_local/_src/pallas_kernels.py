@@ -22,22 +22,25 @@ Programs and what they read:
   run of neighbouring positions, and for each one over the window offsets (the
   inner, software-pipelined loop): ``(BB, Cp)`` rows of x times that
   position's ``(Cp, Fp)`` weights, summed in float32, plus the bias, written
-  once as ``(BB, Fp)``. (``Blocks.reuse`` selects a variant whose run lies
-  along the last output axis and loads each input row once for every
-  position and last-axis offset that reads it.) Batch blocks vary
-  fastest, so the programs sharing a position's weights run together and the
-  weights come from memory once; neighbouring positions reread x rows from cache.
+  once as ``(BB, Fp)``. Batch blocks vary fastest, so the programs sharing a
+  position's weights run together and the weights come from memory once;
+  neighbouring positions reread x rows from cache.
 * kernel gradient: grid ``(offset groups, position runs, G)``; a program holds
   the ``(Cp, Fp)`` float32 sums of a group of offsets of one position and loops
   over batch blocks (the pipelined loop): it loads the position's ``dy`` block
   once for all its offsets and, for each offset, the ``(BB, Cp)`` x rows,
-  adding ``x_rows^T @ dy``. The bias gradient
-  (a batch sum of ``dy``) rides along in the first offset group.
+  adding ``x_rows^T @ dy``. The bias gradient (a batch sum of ``dy``) rides
+  along in the first offset group.
 * input gradient: grid ``(batch blocks, input-row runs, G)``; a program loops
-  over a run of input rows and, for each, over the window offsets (pipelined): the output
-  position whose window puts offset ``j`` on that row (if any: strides leave
-  gaps, edges fall outside) contributes ``dy (BB, Fp) @ w^T (Fp, Cp)``. It is a
-  gather: every row is written once, no atomics, deterministic.
+  over a run of input rows and, for each, over the window offsets (pipelined):
+  the output position whose window puts offset ``j`` on that row (if any:
+  strides leave gaps, edges fall outside) contributes ``dy (BB, Fp) @ w^T (Fp,
+  Cp)``. It is a gather: every row is written once, no atomics, deterministic.
+
+``Blocks.reuse`` selects variants of the forward pass and the input gradient
+whose run lies along the last spatial axis: each row of x (or dy) a program
+loads serves every (position, last-axis offset) pair that uses it, about
+``k`` times fewer loads, at the cost of the whole run's sums in registers.
 """
 
 from __future__ import annotations

@@ -144,6 +144,29 @@ def _offset_row(layout: Layout, j):
     return sum(c * (d * q) for c, d, q in zip(coords, layout.dilation, pitch))
 
 
+def _padded_dims(layout: Layout) -> list[int]:
+    """The dimensions where some window reaches padding."""
+    return [
+        d
+        for d in range(len(layout.kernel))
+        if layout.low[d] > 0 or layout.padded[d] - layout.unpadded[d] - layout.low[d] > 0
+    ]
+
+
+def _inside(layout: Layout, dims, padded_coords):
+    """Whether padded coordinates ``padded_coords[d]`` (for ``d`` in ``dims``) are all in the real input.
+
+    None when ``dims`` is empty (no tap reaches padding). A tap in the padding
+    reads a zero of x but must add exactly 0 whatever the kernel holds there
+    (an inf or NaN weight times 0 is NaN), so its product is dropped.
+    """
+    inside = None
+    for d, q in zip(dims, padded_coords):
+        here = (q >= layout.low[d]) & (q < layout.low[d] + layout.unpadded[d])
+        inside = here if inside is None else inside & here
+    return inside
+
+
 def _dot(a, b, contract: tuple[int, int], precision):
     """``a @ b`` contracting axis ``contract[0]`` of a with ``contract[1]`` of b, in float32."""
     if a.dtype != b.dtype:
@@ -182,13 +205,25 @@ def _forward_kernel(x_ref, w_ref, *refs, layout, blocks, has_bias, precision):
     gx, gw = _group(g, x_ref.shape[0]), _group(g, w_ref.shape[0])
     fp = w_ref.shape[-1]
 
+    padded_dims = _padded_dims(layout)
+
     def position(i, carry):
         p = first + i
         start = _window_start(layout, p)
+        coords = _unflatten(p, layout.out)
 
         def offset(j, acc):  # the pipelined loop: each step loads (BB, Cp) rows and (Cp, Fp) weights
             rows = x_ref[gx, batch, start + _offset_row(layout, j), :]
-            return acc + _dot(rows, w_ref[gw, p, j], (1, 0), precision)
+            total = acc + _dot(rows, w_ref[gw, p, j], (1, 0), precision)
+            if not padded_dims:
+                return total
+            taps = _unflatten(j, layout.kernel)
+            inside = _inside(
+                layout,
+                padded_dims,
+                [coords[d] * layout.strides[d] + taps[d] * layout.dilation[d] for d in padded_dims],
+            )
+            return jnp.where(inside, total, acc)
 
         acc = lax.fori_loop(0, layout.window, offset, jnp.zeros((blocks.batch, fp), jnp.float32))
         if has_bias:
@@ -235,18 +270,28 @@ def _forward_reuse_kernel(x_ref, w_ref, *refs, layout, blocks, has_bias, precisi
     positions = [jnp.minimum(p_first + i, layout.positions - 1) for i in range(blocks.run)]
     outer_kernel = layout.kernel[:-1]
 
+    padded_dims = _padded_dims(layout)
+    outer_padded = [d for d in padded_dims if d < len(outer_kernel)]
+    last_padded = [len(outer_kernel)] if len(outer_kernel) in padded_dims else []
+
     def outer_offset(j, sums):
-        if outer_kernel:
-            taps = _unflatten(j, outer_kernel)
-            shift = sum(t * (d * q) for t, d, q in zip(taps, layout.dilation, pitch))
-        else:
-            shift = 0
+        taps = _unflatten(j, outer_kernel) if outer_kernel else []
+        shift = sum(t * (d * q) for t, d, q in zip(taps, layout.dilation, pitch))
+        outer_inside = _inside(
+            layout,
+            outer_padded,
+            [outer[d] * layout.strides[d] + taps[d] * layout.dilation[d] for d in outer_padded],
+        )
         sums = list(sums)
         for u, pairs in sorted(readers.items()):
             column = jnp.minimum(column0 + u, width - 1)
             rows = x_ref[gx, batch, start + shift + column, :]
+            inside = _inside(layout, last_padded, [column0 + u])
+            if outer_inside is not None:
+                inside = outer_inside if inside is None else inside & outer_inside
             for i, t in pairs:
-                sums[i] = sums[i] + _dot(rows, w_ref[gw, positions[i], j * k_last + t], (1, 0), precision)
+                total = sums[i] + _dot(rows, w_ref[gw, positions[i], j * k_last + t], (1, 0), precision)
+                sums[i] = total if inside is None else jnp.where(inside, total, sums[i])
         return tuple(sums)
 
     zeros = tuple(jnp.zeros((blocks.batch, fp), jnp.float32) for _ in range(blocks.run))

@@ -6,7 +6,7 @@ Usage (on the GPU machine, from the repository root; ``benchmarks/gpu_check.sh``
     python -m benchmarks.gpu_run --quick --json /tmp/smoke.json   # CPU smoke test, interpret mode
 
 For every case of ``cases.GPU_CASES`` the three rows (``flax_local:pallas``
-through ``pallas.apply_pallas``, ``flax_local:patches`` and ``ConvLocal``, all
+through ``pallas_layer.apply_pallas``, ``flax_local:patches`` and ``ConvLocal``, all
 with the same weights) are compiled, checked against ``"patches"`` and timed
 in turns, forward and training step (``value_and_grad`` with respect to the
 parameters and the input), with compile time and XLA's temporary memory. The
@@ -31,7 +31,8 @@ import numpy as np
 
 from benchmarks import cases as cases_lib
 from benchmarks import jax_impls, machine, measure
-from flax_local._src.pallas import apply_pallas, default_interpret
+from flax_local._src.pallas import default_interpret
+from flax_local._src.pallas_layer import apply_pallas
 
 PALLAS, PATCHES, CONVLOCAL = "flax_local:pallas", "flax_local:patches", "ConvLocal"
 
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pallas_contender(case: cases_lib.Case, kernel: np.ndarray, bias: np.ndarray, interpret: bool):
-    """``pallas.apply_pallas`` with the case's weights, in flax_local's parameter layout."""
+    """``pallas_layer.apply_pallas`` with the case's weights, in flax_local's parameter layout."""
     geometry = jax_impls.geometry_of(case)
     dtype = jax.numpy.dtype(case.dtype)
     channels_first = case.data_format == "channels_first"

@@ -8,9 +8,10 @@ The three products of ``native.py`` (same operands, shapes and meaning):
 
 with ``x (G, B, R, C)``, ``w (G, P, K*C, F)``, ``bias (G, P, F)`` and
 ``dy (G, B, P, F)``, where a group size of 1 is shared by every group. They
-are drop-in lowerings for the native primitives (which then supply ``jit``,
-``grad``, ``jvp``, higher orders and ``vmap`` through the group axis), and
-``apply_pallas`` ties them into a layer with a ``custom_vjp``.
+are drop-in lowerings for the native primitives (``register_gpu_lowerings``;
+the primitives then supply ``jit``, ``grad``, ``jvp``, higher orders and
+``vmap`` through the group axis), and ``pallas_layer.py`` makes them
+primitives of their own that keep the layer's dtype (``apply_pallas``).
 
 Each runs one Pallas kernel (``pallas_kernels.py``) that reads windows straight
 from ``x`` or ``dy``: no patch array exists. Around it, XLA pads ``x`` once in
@@ -370,102 +371,3 @@ def register_gpu_lowerings(platform: str = "cuda") -> None:
     for primitive, fn, multiple in rules:
         lowering = mlir.lower_fun(functools.partial(fn, interpret=False), multiple_results=multiple)
         mlir.register_lowering(primitive, lowering, platform=platform)
-
-
-# ----------------------------------------------------------------------------
-# The layer
-# ----------------------------------------------------------------------------
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _layer(x, w, bias, geometry, precision, interpret):
-    operands = (x, w) if bias is None else (x, w, bias)
-    return forward(
-        *operands,
-        geometry=geometry,
-        has_bias=bias is not None,
-        interpret=interpret,
-        precision=precision,
-        out_dtype=x.dtype,
-    )
-
-
-def _layer_fwd(x, w, bias, geometry, precision, interpret):
-    return _layer(x, w, bias, geometry, precision, interpret), (x, w, bias is not None)
-
-
-def _layer_bwd(geometry, precision, interpret, residuals, dy):
-    x, w, has_bias = residuals
-    options = dict(geometry=geometry, interpret=interpret, precision=precision)
-    dx = input_grad(dy, w, out_dtype=x.dtype, **options)
-    # The kernel gradient is written in the weights' dtype directly (no float32 copy).
-    dw, db = kernel_grad(x, dy, weight_dtype=w.dtype, **options)
-    return dx, dw, db.astype(w.dtype) if has_bias else None
-
-
-_layer.defvjp(_layer_fwd, _layer_bwd)
-
-
-def apply_pallas(
-    x: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None,
-    geometry: Geometry,
-    precision: lax.PrecisionLike,
-    *,
-    interpret: bool | None = None,
-) -> jax.Array:
-    """Applies the layer to channels-last ``x`` of shape ``(batch, *spatial, C)`` with the Pallas kernels.
-
-    Reverse-mode derivatives run the two gradient kernels (a ``custom_vjp``);
-    forward-mode (``jax.jvp``) is not defined for it.
-
-    Args:
-      x: the input, ``(batch, *input_spatial, C)``, float32, bfloat16 or float16.
-      kernel: ``(*output_spatial, *kernel_size, C, filters)``, same dtype as x.
-      bias: ``(*output_spatial, filters)`` or None, same dtype as x.
-      geometry: the layer's geometry for this input size.
-      precision: of the float32 products (TF32 on GPU at default precision).
-      interpret: run the kernels in Pallas interpret mode; None means
-        ``default_interpret()`` (interpret on any backend but GPU).
-
-    Returns:
-      Array of shape ``(batch, *output_spatial, filters)`` in x's dtype.
-
-    Raises:
-      ValueError: for a dtype the kernels do not support (float64, integers).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from flax_local._src.geometry import make_geometry
-      >>> from flax_local._src.pallas import apply_pallas
-      >>> g = make_geometry((6, 6), (3, 3), (1, 1), "valid", (1, 1))
-      >>> x, kernel = jnp.ones((2, 6, 6, 3)), jnp.ones((4, 4, 3, 3, 3, 5))
-      >>> apply_pallas(x, kernel, None, g, None).shape
-      (2, 4, 4, 5)
-    """
-    dtype = jnp.dtype(x.dtype)
-    if not supports_dtype(dtype):
-        raise ValueError(
-            f"implementation='pallas' accepts float32, bfloat16 or float16 inputs, got {dtype}; "
-            f"use implementation='patches' for other dtypes."
-        )
-    if interpret is None:
-        interpret = default_interpret()
-    batch, channels, filters = x.shape[0], x.shape[-1], kernel.shape[-1]
-    positions = geometry.num_positions
-    y = _layer(
-        x.reshape(1, batch, math.prod(geometry.input_spatial), channels),
-        kernel.astype(dtype).reshape(1, positions, geometry.window_volume * channels, filters),
-        None if bias is None else bias.astype(dtype).reshape(1, positions, filters),
-        geometry,
-        _hashable(precision),
-        interpret,
-    )
-    return y.reshape(batch, *geometry.output_spatial, filters)
-
-
-def _hashable(precision: lax.PrecisionLike):
-    if isinstance(precision, list):
-        return tuple(precision)
-    return precision

@@ -429,3 +429,24 @@ def test_operands_past_32_bit_offsets_are_refused_before_compiling():
     w = jax.ShapeDtypeStruct((1, g.num_positions, 9, 1), jnp.float32)
     with pytest.raises(ValueError, match=r"32-bit offsets, but x of shape \(1, 128, 16793604, 16\)"):
         jax.eval_shape(lambda x, w: pallas_impl.forward(x, w, geometry=g, has_bias=False), x, w)
+
+
+def test_apply_pallas_training_step_exports_for_cuda_as_three_triton_calls():
+    """The benchmark's training step (bfloat16, same padding) lowers to the three kernels, no gather."""
+    from jax import export
+
+    g = make_geometry((12, 12), (3, 3), (1, 1), "same", (1, 1))
+    x = jax.ShapeDtypeStruct((16, 12, 12, 8), jnp.bfloat16)
+    params = {
+        "kernel": jax.ShapeDtypeStruct((12, 12, 3, 3, 8, 16), jnp.bfloat16),
+        "bias": jax.ShapeDtypeStruct((12, 12, 16), jnp.bfloat16),
+    }
+
+    def loss(params, x):
+        y = pallas_layer.apply_pallas(x, params["kernel"], params["bias"], g, None, interpret=False)
+        return jnp.mean(jnp.square(y.astype(jnp.float32)))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    module = export.export(step, platforms=["cuda"], disabled_checks=checks)(params, x).mlir_module()
+    assert module.count("xla.gpu.triton") == 3 and "stablehlo.gather" not in module

@@ -16,6 +16,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from flax_local._src import arguments
 
@@ -150,10 +151,12 @@ class Geometry:
         full, flat = (*self.output_spatial, *self.kernel_size), (self.num_positions, self.window_volume)
         rows = jnp.broadcast_to(rows, full)
         if inside is None:
-            return rows.reshape(flat), None
+            # The barrier makes XLA materialise the small index array once,
+            # instead of recomputing it for every element the gather copies.
+            return lax.optimization_barrier(rows.reshape(flat)), None
         inside = jnp.broadcast_to(inside, full)
         rows = jnp.where(inside, rows, np.int32(padding_row))
-        return rows.reshape(flat), inside.reshape(flat)
+        return lax.optimization_barrier((rows.reshape(flat), inside.reshape(flat)))
 
 
 def check_index_range(geometry: Geometry) -> None:

@@ -169,17 +169,8 @@ def locally_connected(
     if implementation == "auto":
         # Never picks a "dense" matrix that the caller's own limit would reject.
         implementation = choose_implementation(geometry, channels, filters, dtype, max_dense_bytes=limit)
-    entry = registry.get(implementation)
-    if not entry.supports_dtype(dtype):
-        raise ValueError(
-            f"implementation={entry.name!r} accepts layers of dtype "
-            f"{', '.join(str(d) for d in entry.dtypes or ())}, got {jnp.dtype(dtype)}; use "
-            f"implementation='patches' for other dtypes."
-        )
     batch = math.prod(batch_shape)
-    if entry.matrix_bytes is not None:
-        itemsize = jnp.dtype(dtype).itemsize
-        check_size(entry.name, entry.matrix_bytes(geometry, channels, filters, itemsize, batch), limit)
+    entry = checked_entry(implementation, geometry, channels, filters, dtype, batch, limit)
     x = x.reshape(batch, *x.shape[len(batch_shape) :])
     if channels_first:
         x = jnp.moveaxis(x, 1, -1)
@@ -187,6 +178,33 @@ def locally_connected(
     if channels_first:
         y = jnp.moveaxis(y, -1, 1)
     return y.reshape(*batch_shape, *y.shape[1:])
+
+
+def checked_entry(
+    implementation: str,
+    geometry: geometry_lib.Geometry,
+    channels: int,
+    filters: int,
+    dtype: jnp.dtype,
+    batch: int,
+    limit: int,
+) -> registry.Implementation:
+    """The registry entry of ``implementation``, once it is known to accept this layer.
+
+    Raises:
+      ValueError: for a dtype the entry does not take, or a structure larger than ``limit`` bytes.
+    """
+    entry = registry.get(implementation)
+    if not entry.supports_dtype(dtype):
+        raise ValueError(
+            f"implementation={entry.name!r} accepts layers of dtype "
+            f"{', '.join(str(d) for d in entry.dtypes or ())}, got {jnp.dtype(dtype)}; use "
+            f"implementation='patches' for other dtypes."
+        )
+    if entry.matrix_bytes is not None:
+        itemsize = jnp.dtype(dtype).itemsize
+        check_size(entry.name, entry.matrix_bytes(geometry, channels, filters, itemsize, batch), limit)
+    return entry
 
 
 def geometry(

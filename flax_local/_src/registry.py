@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flax_local._src import auto, dense, native, patches
+from flax_local._src import auto, dense, native, pallas, pallas_layer, patches
 from flax_local._src.geometry import Geometry
 
 ApplyFn = Callable[[jax.Array, jax.Array, "jax.Array | None", Geometry, lax.PrecisionLike], jax.Array]
@@ -63,7 +63,7 @@ class Implementation:
     Example:
       >>> from flax_local._src.registry import IMPLEMENTATIONS, get
       >>> [entry.name for entry in IMPLEMENTATIONS]
-      ['dense', 'native', 'patches', 'sparse']
+      ['dense', 'native', 'pallas', 'patches', 'sparse']
       >>> get(2).name, get("Patches").keras_alias
       ('dense', 1)
     """
@@ -99,6 +99,13 @@ IMPLEMENTATIONS: tuple[Implementation, ...] = (
         dtypes=tuple(jnp.dtype(d) for d in native.SUPPORTED_DTYPES),
         picks=auto.always,
         available=auto.native_usable,
+    ),
+    # Fused GPU kernels; not picked by "auto" until a GPU run measures them (benchmarks/gpu_check.sh).
+    Implementation(
+        "pallas",
+        pallas_layer.apply_pallas,
+        backends=("gpu",),
+        dtypes=tuple(jnp.dtype(d) for d in pallas.SUPPORTED_DTYPES),
     ),
     Implementation("patches", patches.apply_patches, picks=auto.always, keras_alias=1),
     Implementation("sparse", dense.apply_sparse, matrix_bytes=dense.sparse_matrix_bytes, keras_alias=3),

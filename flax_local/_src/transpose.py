@@ -32,11 +32,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flax_local._src import arguments
+from flax_local._src import arguments, registry
 from flax_local._src import geometry as geometry_lib
 from flax_local._src.auto import choose_implementation
-from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse
-from flax_local._src.native import apply_native
+from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES
+from flax_local._src.locally_connected import checked_entry
 from flax_local._src.patches import apply_patches
 
 
@@ -159,10 +159,13 @@ def locally_connected_transpose(
     y = y.reshape(math.prod(batch_shape), *y.shape[len(batch_shape) :])
     if channels_first:
         y = jnp.moveaxis(y, 1, -1)
-    if implementation == "patches":
+    entry = checked_entry(
+        implementation, geometry, out_channels, y_channels, dtype, y.shape[0], DEFAULT_MAX_MATRIX_BYTES
+    )
+    if entry.name == "patches":
         x = _transpose_patches(y, kernel, geometry, _hashable(precision))
     else:
-        x = _transpose_linear(y, kernel, geometry, implementation, precision)
+        x = _transpose_linear(y, kernel, geometry, entry.apply, precision)
     if bias is not None:
         x = x + bias.astype(dtype)[None]
     if channels_first:
@@ -201,35 +204,26 @@ def _transpose_linear(
     y: jax.Array,
     kernel: jax.Array,
     geometry: geometry_lib.Geometry,
-    implementation: str,
+    apply: registry.ApplyFn,
     precision: lax.PrecisionLike,
 ) -> jax.Array:
-    """The transpose of ``implementation``'s forward pass in its input (``jax.linear_transpose``).
+    """The transpose of an implementation's forward pass in its input (``jax.linear_transpose``).
+
+    For ``"native"`` and ``"pallas"`` this is their input-gradient kernel, so
+    the three primitives stay closed under differentiation.
 
     Args:
       y: ``(batch, *output_spatial, y_channels)``, channels-last.
       kernel: ``(*output_spatial, *kernel_size, out_channels, y_channels)``.
       geometry: the forward layer's geometry.
-      implementation: ``"native"``, ``"dense"`` or ``"sparse"``.
+      apply: the implementation's ``apply`` (registry contract).
       precision: passed to the matrix products.
 
     Returns:
       ``(batch, *input_spatial, out_channels)`` in y's dtype.
     """
-    if implementation == "native":
-        forward = functools.partial(apply_native, kernel=kernel, bias=None, geometry=geometry)
-    else:
-        apply = apply_dense if implementation == "dense" else apply_sparse
-        forward = functools.partial(
-            apply,
-            kernel=kernel,
-            bias=None,
-            geometry=geometry,
-            precision=precision,
-            max_matrix_bytes=DEFAULT_MAX_MATRIX_BYTES,
-        )
     x = jax.ShapeDtypeStruct((y.shape[0], *geometry.input_spatial, kernel.shape[-2]), y.dtype)
-    (result,) = jax.linear_transpose(lambda x: forward(x), x)(y)
+    (result,) = jax.linear_transpose(lambda x: apply(x, kernel, None, geometry, precision), x)(y)
     return result
 
 

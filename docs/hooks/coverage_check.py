@@ -4,14 +4,19 @@ The API pages render each public module with mkdocstrings, which lists the
 members in the module's ``__all__``; so a name a module gains appears without
 editing the docs. This hook checks that it did: after the build, every name in
 the ``__all__`` of every documented module must have its anchor
-(``id="<module>.<name>"``) in the module's rendered page. As optax's
+(``id="<module>.<name>"``) in the module's rendered page, and every dataclass
+(every Flax linen layer) must show each of its fields in its signature, since
+its docstring alone does not list them. As optax's
 ``docs/ext/coverage_check.py`` does for Sphinx.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html as html_lib
 import importlib
 import pathlib
+import re
 
 # Public module -> its API page (relative to the site, as mkdocs writes it).
 PAGES = {
@@ -38,7 +43,19 @@ def missing_names(site_dir: str | pathlib.Path) -> list[str]:
                 continue  # a public submodule: it has its own page
             if f'id="{module_name}.{name}"' not in html:
                 missing.append(f"{module_name}.{name}")
+            elif dataclasses.is_dataclass(getattr(module, name)):
+                missing += _missing_arguments(html, module_name, name, getattr(module, name))
     return missing
+
+
+def _missing_arguments(html: str, module_name: str, name: str, cls: type) -> list[str]:
+    """``module.Class(argument)`` for each dataclass field its rendered signature lacks."""
+    section = html[html.index(f'id="{module_name}.{name}"') :]
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", section))
+    head = text[: text.find("Bases:")]  # the heading and the signature, before the docstring
+    signature = head[head.find(f"{name}(") :] if f"{name}(" in head else ""
+    fields = [field.name for field in dataclasses.fields(cls) if field.name != "parent"]
+    return [f"{module_name}.{name}({field})" for field in fields if f"{field}:" not in signature]
 
 
 def on_post_build(config, **kwargs) -> None:

@@ -14,6 +14,8 @@ from flax_local import constraints as constraints
 from flax_local import functional as functional
 from flax_local import initializers as initializers
 from flax_local import regularizers as regularizers
+from flax_local._src.conv_local import conv_local_kernel as conv_local_kernel
+from flax_local._src.conv_local import from_conv_local as from_conv_local
 from flax_local._src.linen import LocallyConnected as LocallyConnected
 from flax_local._src.linen import LocallyConnected1D as LocallyConnected1D
 from flax_local._src.linen import LocallyConnected2D as LocallyConnected2D
@@ -28,6 +30,8 @@ __all__ = [
     "LocallyConnected2D",
     "LocallyConnected3D",
     "constraints",
+    "conv_local_kernel",
+    "from_conv_local",
     "functional",
     "initializers",
     "regularization_loss",

@@ -7,16 +7,11 @@ dtype promotion errors for the library's own tests), since README code is user
 code, and users run with the defaults.
 """
 
-import dataclasses
-import inspect
 import pathlib
 import re
 
 import jax
 import pytest
-
-import flax_local
-from flax_local import nnx as local_nnx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -42,7 +37,7 @@ PYTHON_BLOCKS = _blocks("python")
 
 
 def test_readme_has_python_blocks():
-    assert len(PYTHON_BLOCKS) >= 7
+    assert len(PYTHON_BLOCKS) >= 2
 
 
 @pytest.mark.parametrize(
@@ -58,17 +53,16 @@ def test_setup_section_has_exactly_the_two_commands():
     assert len(blocks) == 1 and blocks[0][0] == "bash"
     commands = blocks[0][1].strip().splitlines()
     assert len(commands) == 2
-    assert commands[0].endswith("python examples/train_digits.py")
+    assert commands[0].endswith("python examples/climate_grid.py")
     # CI (.ci/run) installs the test extra and runs exactly this command.
     assert commands[1].endswith('pip install -e ".[test]" && python -m pytest')
-    assert (ROOT / "examples" / "train_digits.py").is_file()
+    assert (ROOT / "examples" / "climate_grid.py").is_file()
 
 
-def test_argument_table_lists_every_module_argument():
-    table = _section("Module arguments")
-    documented = set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE))
-    linen = {field.name for field in dataclasses.fields(flax_local.LocallyConnected)} - {"parent", "name"}
-    nnx = set(inspect.signature(local_nnx.LocallyConnected.__init__).parameters) - {"self"}
-    assert linen - documented == set()
-    assert nnx - documented == set()
-    assert documented - linen - nnx == set()
+def test_readme_is_short_and_links_exist():
+    # The README introduces; the guides live in docs/ (tests/test_docs.py runs their code).
+    assert README.count("\n") <= 300
+    for target in re.findall(r"\]\(((?:docs|benchmarks)/[\w./-]+|CHANGELOG\.md)\)", README):
+        assert (ROOT / target).is_file(), target
+    for example in re.findall(r"`(examples/\w+\.py)`", README):
+        assert (ROOT / example).is_file(), example

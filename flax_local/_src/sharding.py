@@ -366,6 +366,7 @@ def call_on_any_mesh(
     *,
     rank: int,
     channels_first: bool,
+    out_sharding: Callable[[tuple[Any, ...]], tuple[tuple[Any, ...], Any]] | None = None,
 ) -> jax.Array:
     """Runs ``compute(inputs, kernel, bias)`` so that it works on every mesh.
 
@@ -375,14 +376,17 @@ def call_on_any_mesh(
     ``jax.sharding.auto_axes``, so the SPMD partitioner chooses its
     communication (a halo exchange of input rows, never a kernel gather), and
     the output is typed as sharded like the batch axes of ``inputs`` and the
-    position and filter axes of ``kernel``.
+    position and filter axes of ``kernel``. ``out_sharding`` maps the kernel's
+    spec to the output's (positions, filters) mesh axes; the default reads a
+    kernel ``(*output_positions, ..., filters)``.
     """
     mesh = _explicit_mesh(inputs, kernel, bias)
     if mesh is None:
         return compute(inputs, kernel, bias)
     x_spec, k_spec = _spec_of(inputs), _spec_of(kernel)
     num_batch = inputs.ndim - rank - 1
-    batch, positions, filters = x_spec[:num_batch], k_spec[:rank], k_spec[-1]
+    batch = x_spec[:num_batch]
+    positions, filters = (k_spec[:rank], k_spec[-1]) if out_sharding is None else out_sharding(k_spec)
     out = (*batch, filters, *positions) if channels_first else (*batch, *positions, filters)
     used: set[str] = set()
     entries = []

@@ -5,6 +5,7 @@ builds its layer through ``tests/layer_fronts.py``, so a check added for one
 front end holds the other to it too.
 """
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -19,6 +20,7 @@ from flax import nnx
 
 import flax_local
 from flax_local import constraints
+from flax_local._src.layers import core
 from tests.layer_fronts import FRONTS, build, construct
 from tests.reference import reference_locally_connected
 
@@ -236,3 +238,62 @@ def test_submodules_are_lazy_attributes():
     assert not tensorflow
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         flax_local.nope  # noqa: B018
+
+
+# A layer family plugs into the core as a LocalOp subclass plus two thin front-end subclasses;
+# this toy family (the ordinary layer, output scaled by a validated option) checks that hook set.
+class _ScaledOp(core.LocalOp):
+    def validate(self, config):
+        scale = config.option("scale")
+        if not isinstance(scale, float) or scale <= 0:
+            raise ValueError(f"scale must be a positive float, got {scale!r}.")
+        return config
+
+    def compute(self, config, inputs, kernel, bias):
+        return config.option("scale") * super().compute(config, inputs, kernel, bias)
+
+
+class _ScaledLinen(flax_local.LocallyConnected1D):
+    op = _ScaledOp()
+    scale: float = 2.0
+
+    def _layer_options(self):
+        return (("scale", self.scale),)
+
+
+class _ScaledNnx(flax_local.nnx.LocallyConnected1D):
+    op = _ScaledOp()
+
+    def __init__(self, *args, scale=2.0, **kwargs):
+        self.scale = scale
+        super().__init__(*args, **kwargs)
+
+    def _layer_options(self):
+        return (("scale", self.scale),)
+
+
+def test_a_layer_family_plugs_into_the_core():
+    x = _random((2, 8, 3))
+    plain = build("linen", 1, (2, 8, 3), filters=4, kernel_size=3)
+    linen = _ScaledLinen(4, 3)
+    y_linen = linen.apply({"params": plain.params}, x)
+    layer = _ScaledNnx(3, 4, 3, input_shape=(8,), rngs=nnx.Rngs(0))
+    nnx.update(layer, nnx.State(plain.params))
+    np.testing.assert_allclose(y_linen, 2 * plain.apply(plain.params, x), rtol=1e-6)
+    np.testing.assert_allclose(layer(x), y_linen, rtol=1e-6)
+    with pytest.raises(ValueError, match="scale must be a positive float, got -1.0"):
+        _ScaledLinen(4, 3, scale=-1.0)
+    with pytest.raises(ValueError, match="scale must be a positive float, got -1.0"):
+        _ScaledNnx(3, 4, 3, input_shape=(8,), scale=-1.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="takes no argument"):
+        core.configure(**{**dataclasses.asdict(plain.layer.config), "options": (("scale", 1.0),)})
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_logical_partitioning_and_a_partitioned_initializer_conflict(front):
+    box = nn.with_partitioning if front == "linen" else nnx.with_partitioning
+    init = box(flax_local.initializers.get("zeros"), ("model", None, None, None))
+    with pytest.raises(ValueError, match="pass one or the other"):
+        build(
+            front, 1, (2, 8, 3), filters=4, kernel_size=3, kernel_initializer=init, logical_partitioning=True
+        )

@@ -8,18 +8,21 @@ import jax
 import optax
 from flax import linen as nn
 
-from flax_local._src.constraints import Constraint, constrain_kernel
+from flax_local._src.constraints import Constraint
+from flax_local._src.layers.core import LayerConfig, LocalOp
 from flax_local._src.layers.linen import LocallyConnected
 
 
 class _Target(NamedTuple):
     constraint: Constraint
-    rank: int | None  # the layer's rank for a kernel; None for a bias (each element a unit)
+    layer: tuple[LocalOp, LayerConfig] | None  # the layer's family and config for a kernel; None: a bias
 
     def apply(self, value: jax.Array) -> jax.Array:
-        if self.rank is None:
+        if self.layer is None:  # each element of a bias is a unit
             return self.constraint(value, axis=())
-        return constrain_kernel(self.constraint, value, self.rank)
+        # The layer's rank, not the kernel's ndim: kernels may be stacked (nn.scan, nn.vmap).
+        op, config = self.layer
+        return op.constrain_kernel(config, self.constraint, value)
 
 
 def declared_constraints(
@@ -43,8 +46,7 @@ def declared_constraints(
             path = tuple(module.scope.path)
             config = module.config  # validated at construction: a bias constraint implies a bias
             if config.kernel_constraint is not None:
-                # The layer's rank, not the kernel's ndim: kernels may be stacked (nn.scan, nn.vmap).
-                found[(*path, "kernel")] = _Target(config.kernel_constraint, config.rank)
+                found[(*path, "kernel")] = _Target(config.kernel_constraint, (module.op, config))
             if config.bias_constraint is not None:
                 # Per-unit norms of a bias act on each element (one weight per unit).
                 found[(*path, "bias")] = _Target(config.bias_constraint, None)

@@ -75,10 +75,15 @@ class LayerConfig:
     precision: lax.PrecisionLike
     max_matrix_bytes: int | None
     logical_partitioning: bool
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def channels_first(self) -> bool:
         return self.data_format == "channels_first"
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """A family-specific argument (e.g. a transposed layer's ``output_padding``)."""
+        return dict(self.options).get(name, default)
 
 
 def layer_rank(name: str, spatial_rank: int | None, kernel_size: Any) -> int:
@@ -137,8 +142,14 @@ def configure(
     precision: Any,
     max_matrix_bytes: Any,
     logical_partitioning: Any,
+    op: LocalOp | None = None,
+    options: tuple[tuple[str, Any], ...] = (),
 ) -> LayerConfig:
-    """Validates every layer argument; raises a ``ValueError`` naming the first bad one."""
+    """Validates every layer argument; raises a ``ValueError`` naming the first bad one.
+
+    ``options`` are a family's own arguments, checked by ``op.validate``
+    (``FORWARD`` has none) together with everything else.
+    """
     filters = arguments.check_positive(filters, "filters")
     kernel_size, strides, padding, dilation = geometry_lib.check_geometry_arguments(
         rank, kernel_size, strides, padding, dilation_rate
@@ -167,7 +178,7 @@ def configure(
         )
     if max_matrix_bytes is not None:
         arguments.check_positive(max_matrix_bytes, "max_matrix_bytes")
-    return LayerConfig(
+    config = LayerConfig(
         name=name,
         rank=rank,
         filters=filters,
@@ -191,7 +202,9 @@ def configure(
         precision=precision,
         max_matrix_bytes=max_matrix_bytes,
         logical_partitioning=logical_partitioning,
+        options=tuple(options),
     )
+    return (op or FORWARD).validate(config)
 
 
 class InputSplit(NamedTuple):
@@ -226,6 +239,12 @@ class LocalOp:
     filters)``. A family with another layout subclasses it and overrides the
     methods below; the front ends and the rest of the core only call them.
     """
+
+    def validate(self, config: LayerConfig) -> LayerConfig:
+        """Checks the family's own arguments (``config.options``) at construction."""
+        if config.options:
+            raise ValueError(f"{config.name} takes no argument {dict(config.options)!r}.")
+        return config
 
     def output_spatial(self, config: LayerConfig, spatial: tuple[int, ...]) -> tuple[int, ...]:
         """The output's spatial shape for an input of spatial shape ``spatial``."""
@@ -270,6 +289,10 @@ class LocalOp:
     def out_sharding(self, config: LayerConfig, kernel_spec: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
         """The mesh axes of the output's position axes and of its filters axis."""
         return kernel_spec[: config.rank], kernel_spec[-1]
+
+    def constrain_kernel(self, config: LayerConfig, constraint: Constraint, kernel: jax.Array) -> jax.Array:
+        """Projects the kernel: a unit is one (position, filter), its window and input channels."""
+        return constrain_kernel(constraint, kernel, config.rank)
 
     def compute(
         self, config: LayerConfig, inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None
@@ -413,11 +436,11 @@ def activity_penalty(config: LayerConfig, outputs: jax.Array, num_batch: int) ->
 
 
 def constrain(
-    config: LayerConfig, kernel: jax.Array, bias: jax.Array | None
+    config: LayerConfig, op: LocalOp, kernel: jax.Array, bias: jax.Array | None
 ) -> tuple[jax.Array, jax.Array | None]:
     """The parameters projected onto their constraints (stacked leading axes allowed)."""
     if config.kernel_constraint is not None:
-        kernel = constrain_kernel(config.kernel_constraint, kernel, config.rank)
+        kernel = op.constrain_kernel(config, config.kernel_constraint, kernel)
     if config.bias_constraint is not None and bias is not None:
         bias = config.bias_constraint(bias, axis=())
     return kernel, bias

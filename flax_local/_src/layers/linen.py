@@ -144,7 +144,13 @@ class LocallyConnected(nn.Module):
             precision=self.precision,
             max_matrix_bytes=self.max_matrix_bytes,
             logical_partitioning=self.logical_partitioning,
+            op=self.op,
+            options=self._layer_options(),
         )
+
+    def _layer_options(self) -> tuple[tuple[str, Any], ...]:
+        """A layer family's own arguments for ``op.validate`` (none here); subclasses override it."""
+        return ()
 
     @property
     def config(self) -> core.LayerConfig:

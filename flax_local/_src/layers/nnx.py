@@ -188,6 +188,8 @@ class LocallyConnected(nnx.Module):
             precision=precision,
             max_matrix_bytes=max_matrix_bytes,
             logical_partitioning=logical_partitioning,
+            op=self.op,
+            options=self._layer_options(),
         )
         self.config = config
         self.in_features = in_features
@@ -213,6 +215,14 @@ class LocallyConnected(nnx.Module):
             self.activity_loss = RegularizationLoss(jnp.zeros((), jnp.float32))
         else:
             self.activity_loss = nnx.data(None)
+
+    def _layer_options(self) -> tuple[tuple[str, Any], ...]:
+        """A layer family's own arguments for ``op.validate`` (none here).
+
+        A subclass stores its extra arguments before calling ``__init__`` and
+        returns them here.
+        """
+        return ()
 
     # The arguments, read from the validated configuration.
     filters = property(lambda self: self.config.filters)
@@ -317,7 +327,7 @@ class LocallyConnected(nnx.Module):
           True
         """
         bias = None if self.bias is None else self.bias[...]
-        kernel, bias = core.constrain(self.config, self.kernel[...], bias)
+        kernel, bias = core.constrain(self.config, self.op, self.kernel[...], bias)
         if self.config.kernel_constraint is not None:
             self.kernel[...] = kernel
         if self.config.bias_constraint is not None and bias is not None:

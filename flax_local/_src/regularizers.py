@@ -110,7 +110,7 @@ def get_regularizer(
 
 
 # Flax's collection names other than "losses": a dict holding one is a variables dict.
-_COLLECTIONS = ("params", "batch_stats", "intermediates", "cache", "constants", "aux_loss", "dropout")
+_COLLECTIONS = ("params", "batch_stats", "intermediates", "cache", "constants", "aux_loss")
 
 
 def regularization_loss(state: Mapping[str, Any]) -> jax.Array:

@@ -8,6 +8,9 @@ from flax_local._src.locally_connected import geometry as geometry
 from flax_local._src.locally_connected import locally_connected as locally_connected
 from flax_local._src.locally_connected import output_shape as output_shape
 from flax_local._src.native_build import NativeUnavailableError as NativeUnavailableError
+from flax_local._src.transpose import locally_connected_transpose as locally_connected_transpose
+from flax_local._src.transpose import transpose_geometry as transpose_geometry
+from flax_local._src.transpose import transpose_output_shape as transpose_output_shape
 
 __all__ = [
     "DEFAULT_MAX_MATRIX_BYTES",
@@ -16,6 +19,9 @@ __all__ = [
     "choose_implementation",
     "geometry",
     "locally_connected",
+    "locally_connected_transpose",
     "native_usable",
     "output_shape",
+    "transpose_geometry",
+    "transpose_output_shape",
 ]

@@ -34,7 +34,10 @@ benchmark case falls under them.
 
 With several devices ``"patches"`` stays the choice: XLA's SPMD partitioner
 splits its per-position products across a mesh (``flax_local.sharding``),
-while it can only replicate a custom call.
+while it can only replicate a custom call. The exception is data parallelism
+on an ``Explicit`` mesh, where the layer runs per device under ``shard_map``
+and the rule above applies to each device's share
+(``flax_local._src.data_parallel``).
 
 ``"sparse"`` is never picked: a BCOO matmul is slower than both on every
 backend we measured; it exists for Keras parity and for users who want it.
@@ -48,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_local._src import native_build
+from flax_local._src.data_parallel import runs_per_device
 from flax_local._src.dense import dense_matrix_bytes
 from flax_local._src.geometry import Geometry
 from flax_local._src.native import supports_dtype
@@ -62,7 +66,9 @@ def native_usable() -> bool:
     Returns:
       True when the native kernels are available, were built with one of the
       hand-written vector paths (AVX-512, or AVX2 with FMA:
-      ``native_build.FAST_VECTOR_PATHS``) and ``jax.device_count() == 1``.
+      ``native_build.FAST_VECTOR_PATHS``) and ``jax.device_count() == 1``, or
+      the code runs per device, inside a ``shard_map`` over every mesh axis
+      (``data_parallel.runs_per_device``).
 
     Example:
       >>> from flax_local.functional import native_usable
@@ -70,7 +76,7 @@ def native_usable() -> bool:
       True
     """
     return (
-        jax.device_count() == 1
+        (jax.device_count() == 1 or runs_per_device())
         and native_build.is_available()
         and native_build.vector_path() in native_build.FAST_VECTOR_PATHS
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flax_local._src import arguments
+from flax_local._src import arguments, data_parallel
 from flax_local._src import geometry as geometry_lib
 from flax_local._src.auto import choose_implementation
 from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse
@@ -139,6 +140,21 @@ def locally_connected(
     dtype = jnp.result_type(x, kernel, *([] if bias is None else [bias]))
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     bias = None if bias is None else bias.astype(dtype)
+
+    # Batch-only sharding on an Explicit mesh: each device computes its share (data_parallel).
+    compute = functools.partial(
+        locally_connected,
+        strides=strides_t,
+        padding=padding_v,
+        dilation_rate=dilation_t,
+        data_format=data_format,
+        implementation=implementation,
+        precision=precision,
+        max_matrix_bytes=max_matrix_bytes,
+    )
+    y = data_parallel.run_data_parallel(compute, x, kernel, bias, rank=rank)
+    if y is not None:
+        return y
 
     limit = DEFAULT_MAX_MATRIX_BYTES if max_matrix_bytes is None else max_matrix_bytes
     if implementation == "auto":

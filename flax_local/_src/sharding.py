@@ -40,6 +40,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from flax_local._src import data_parallel
+
 BATCH_AXIS = "batch"
 """Logical name of the batch axis of activations (flax's usual name)."""
 
@@ -483,11 +485,18 @@ def call_on_any_mesh(
     the output is typed as sharded like the batch axes of ``inputs`` and the
     position and filter axes of ``kernel``. ``out_sharding`` maps the kernel's
     spec to the output's (positions, filters) mesh axes; the default reads a
-    kernel ``(*output_positions, ..., filters)``.
+    kernel ``(*output_positions, ..., filters)``. When the types show replicated
+    ``kernel`` and ``bias`` and a batch-only sharded ``inputs``, ``compute``
+    runs per device under ``shard_map`` instead (``flax_local._src.data_parallel``),
+    so that ``"auto"`` keeps the fused kernels.
     """
     mesh = _explicit_mesh(inputs, kernel, bias)
     if mesh is None:
         return compute(inputs, kernel, bias)
+    # Batch-only sharding: each device computes its share (flax_local._src.data_parallel).
+    y = data_parallel.run_data_parallel(compute, inputs, kernel, bias, rank=rank)
+    if y is not None:
+        return y
     x_spec, k_spec = _spec_of(inputs), _spec_of(kernel)
     num_batch = inputs.ndim - rank - 1
     batch = x_spec[:num_batch]

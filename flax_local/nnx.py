@@ -13,13 +13,13 @@ Example:
   (4, 10, 10, 8)
 """
 
-from flax_local._src.nnx_modules import LocallyConnected as LocallyConnected
-from flax_local._src.nnx_modules import LocallyConnected1D as LocallyConnected1D
-from flax_local._src.nnx_modules import LocallyConnected2D as LocallyConnected2D
-from flax_local._src.nnx_modules import LocallyConnected3D as LocallyConnected3D
-from flax_local._src.nnx_modules import RegularizationLoss as RegularizationLoss
-from flax_local._src.nnx_modules import apply_constraints as apply_constraints
-from flax_local._src.nnx_modules import regularization_loss as regularization_loss
+from flax_local._src.layers.nnx import LocallyConnected as LocallyConnected
+from flax_local._src.layers.nnx import LocallyConnected1D as LocallyConnected1D
+from flax_local._src.layers.nnx import LocallyConnected2D as LocallyConnected2D
+from flax_local._src.layers.nnx import LocallyConnected3D as LocallyConnected3D
+from flax_local._src.layers.nnx import RegularizationLoss as RegularizationLoss
+from flax_local._src.layers.nnx import apply_constraints as apply_constraints
+from flax_local._src.layers.nnx import regularization_loss as regularization_loss
 
 __all__ = [
     "LocallyConnected",

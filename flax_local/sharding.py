@@ -14,6 +14,13 @@ flax's logical axis names; the kernel is never gathered onto one device.
 3. ``state_shardings`` gives the ``NamedSharding`` trees of the params and the
    optimizer state; jit the init and the training step with them.
 
+NNX: build the ``flax_local.nnx`` layers with ``logical_partitioning=True``
+(the same names), then ``nnx_shardings(mesh, model, rules)`` gives the
+``NamedSharding`` of every variable; ``nnx.update(model,
+jax.device_put(nnx.state(model), shardings))`` places the model, and an
+``nnx.Optimizer`` built afterwards keeps its state sharded alike (see the
+second example). The layers run under ``jax.set_mesh`` as the linen ones do.
+
 Logical names (fixed; the position and window names are indexed by spatial
 dimension, the same in 1D, 2D and 3D):
 
@@ -73,6 +80,23 @@ Example:
   >>> params, opt_state, loss = step(params, opt_state, x, y)
   >>> params["kernel"].sharding.spec
   P('model', None, None, None, None, None)
+
+  The same with NNX:
+
+  >>> from flax import nnx
+  >>> from flax_local import nnx as local_nnx
+  >>> model = local_nnx.LocallyConnected2D(
+  ...     3, 8, 3, input_shape=(16, 16), padding="same", logical_partitioning=True, rngs=nnx.Rngs(0))
+  >>> nnx.update(model, jax.device_put(nnx.state(model),
+  ...                                  sharding.nnx_shardings(mesh, model, sharding.logical_axis_rules())))
+  >>> model.kernel[...].sharding.spec
+  P('model', None, None, None, None, None)
+  >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+  >>> @nnx.jit
+  ... def nnx_step(model, optimizer, x, y):
+  ...     grads = nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+  ...     optimizer.update(model, grads)
+  >>> nnx_step(model, optimizer, x, y)
 """
 
 from flax_local._src.sharding import BATCH_AXIS as BATCH_AXIS
@@ -84,6 +108,7 @@ from flax_local._src.sharding import StateShardings as StateShardings
 from flax_local._src.sharding import bias_axis_names as bias_axis_names
 from flax_local._src.sharding import kernel_axis_names as kernel_axis_names
 from flax_local._src.sharding import logical_axis_rules as logical_axis_rules
+from flax_local._src.sharding import nnx_shardings as nnx_shardings
 from flax_local._src.sharding import position_axis_names as position_axis_names
 from flax_local._src.sharding import state_shardings as state_shardings
 from flax_local._src.sharding import variable_shardings as variable_shardings
@@ -98,6 +123,7 @@ __all__ = [
     "bias_axis_names",
     "kernel_axis_names",
     "logical_axis_rules",
+    "nnx_shardings",
     "position_axis_names",
     "state_shardings",
     "variable_shardings",

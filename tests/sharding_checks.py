@@ -31,10 +31,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import linen as nn  # noqa: E402
+from flax import nnx  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import flax_local  # noqa: E402
+from flax_local import nnx as local_nnx  # noqa: E402
 from flax_local import sharding  # noqa: E402
 
 # As tests/conftest.py: implicit rank and dtype promotion are errors.
@@ -347,6 +349,153 @@ def check_indivisible_positions():
     fallback = sharding.state_shardings(mesh, layer, optax.sgd(0.1), x, rules=rules, indivisible="replicate")
     assert fallback.params["kernel"].spec == P(None, None, None, None, None, None), fallback.params
     return f"raises: {message[:90]}...; indivisible='replicate' leaves that axis whole"
+
+
+class NnxNet(nnx.Module):
+    """Net's two layers on NNX, with the same logical names."""
+
+    def __init__(self, rngs, logical_partitioning=True):
+        self.first = local_nnx.LocallyConnected2D(
+            4,
+            32,
+            3,
+            input_shape=(16, 16),
+            padding="same",
+            logical_partitioning=logical_partitioning,
+            rngs=rngs,
+        )
+        self.second = local_nnx.LocallyConnected2D(
+            32,
+            16,
+            3,
+            input_shape=(16, 16),
+            strides=2,
+            padding="same",
+            logical_partitioning=logical_partitioning,
+            rngs=rngs,
+        )
+
+    def __call__(self, x):
+        return self.second(jax.nn.relu(self.first(x)))
+
+
+def _padded_spec(array):
+    spec = tuple(array.sharding.spec)
+    return spec + (None,) * (array.ndim - len(spec))
+
+
+def _by_position(kernel):
+    """The kernel's spec, asserted to shard its first position axis over "model" and nothing else."""
+    spec = _padded_spec(kernel)
+    assert spec == ("model",) + (None,) * (kernel.ndim - 1), spec
+    return P(*spec)
+
+
+def _nnx_sharded(mesh):
+    """An NnxNet placed on ``mesh`` by ``sharding.nnx_shardings``, with its shardings."""
+    model = NnxNet(nnx.Rngs(0))
+    shardings = sharding.nnx_shardings(mesh, model, sharding.logical_axis_rules())
+    nnx.update(model, jax.device_put(nnx.state(model), shardings))
+    return model, shardings
+
+
+def _nnx_loss(model, x, y):
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def _nnx_equivalence(mesh):
+    model, _ = _nnx_sharded(mesh)
+    x, y = _data(Net())
+    batch = NamedSharding(mesh, P("data"))
+    xs, ys = jax.device_put(x, batch), jax.device_put(y, batch)
+
+    @nnx.jit
+    def run(model, x, y):
+        loss, grads = nnx.value_and_grad(_nnx_loss)(model, x, y)
+        return model(x), loss, grads
+
+    with jax.set_mesh(mesh):
+        out, loss, grads = run(model, xs, ys)
+    host = NnxNet(nnx.Rngs(0))  # the same values, on one device, never sharded
+    ref_out, ref_loss, ref_grads = run(host, x, y)
+    _close(out, ref_out, "forward")
+    _close(loss, ref_loss, "loss")
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        _close(g, r, f"gradient {jax.tree_util.keystr(path)}")
+    spec = _by_position(model.first.kernel[...])
+    return f"mesh {dict(mesh.shape)}: NNX forward, loss and gradients equal the unsharded ones; kernel {spec}"
+
+
+def check_nnx_equal_positions():
+    return _nnx_equivalence(_mesh((2, 4)))
+
+
+def check_nnx_equal_explicit_mesh():
+    return _nnx_equivalence(_mesh((2, 4), explicit=True))
+
+
+def check_nnx_optimizer_step_keeps_sharding():
+    mesh = _mesh((2, 4))
+    model, _ = _nnx_sharded(mesh)
+    optimizer = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
+    x, y = _data(Net())
+    batch = NamedSharding(mesh, P("data"))
+    xs, ys = jax.device_put(x, batch), jax.device_put(y, batch)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        loss, grads = nnx.value_and_grad(_nnx_loss)(model, x, y)
+        optimizer.update(model, grads)
+        return loss
+
+    def specs():
+        leaves = jax.tree.leaves((nnx.state(model, nnx.Param), nnx.state(optimizer)))
+        return [_padded_spec(a) for a in leaves if getattr(a, "ndim", 0) > 0]
+
+    want = specs()
+    kernel_spec = _by_position(model.first.kernel[...])
+    momentum = [a for a in jax.tree.leaves(nnx.state(optimizer)) if getattr(a, "ndim", 0) == 6]
+    assert momentum and all(_padded_spec(a) == _padded_spec(model.first.kernel[...]) for a in momentum[:1])
+    losses = []
+    with jax.set_mesh(mesh):
+        for _ in range(4):
+            losses.append(float(step(model, optimizer, xs, ys)))
+            got = specs()
+            assert got == want, (got, want)
+    assert losses[-1] < losses[0], losses
+    return f"4 jitted nnx.Optimizer steps: params and momentum stay {kernel_spec}; loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+def check_nnx_checkpoint_round_trip():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        return "skip: orbax-checkpoint is not installed"
+    mesh = _mesh((2, 4))
+    model, shardings = _nnx_sharded(mesh)
+    state = nnx.state(model)
+    with tempfile.TemporaryDirectory() as root:
+        path = os.path.join(root, "state")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(path, state)
+            checkpointer.wait_until_finished()
+            abstract = nnx.state(nnx.eval_shape(lambda: NnxNet(nnx.Rngs(1))))
+            target = jax.tree.map(
+                lambda sh, v: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh)),
+                shardings,
+                abstract,
+                is_leaf=lambda x: isinstance(x, nnx.Variable),
+            )
+            restored = checkpointer.restore(path, target)
+    fresh = NnxNet(nnx.Rngs(1))
+    nnx.update(fresh, restored)
+    for (path_, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(nnx.state(model)), jax.tree.leaves(nnx.state(fresh))
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path_))
+        assert b.sharding.is_equivalent_to(a.sharding, a.ndim), (a.sharding, b.sharding)
+    spec = _by_position(fresh.first.kernel[...])
+    return f"orbax save/restore of an NNX model's sharded state: identical values and shardings ({spec})"
 
 
 CHECKS = {name[len("check_") :]: fn for name, fn in sorted(globals().items()) if name.startswith("check_")}

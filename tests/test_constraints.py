@@ -124,6 +124,6 @@ def test_enforce_constraints_refuses_to_drop_a_constraint():
     params = model.init(jax.random.key(0), x)["params"]
     with pytest.raises(ValueError, match="needs params"):
         tx.update(params, tx.init(params))
-    no_bias = flax_local.LocallyConnected1D(2, 3, use_bias=False, bias_constraint="non_neg")
+    # A bias constraint without a bias is rejected when the layer is built, not at the first update.
     with pytest.raises(ValueError, match="use_bias=False"):
-        constraints.enforce_constraints(no_bias, x)
+        flax_local.LocallyConnected1D(2, 3, use_bias=False, bias_constraint="non_neg")

@@ -109,31 +109,10 @@ def test_every_implementation_gives_the_same_numbers(implementation):
     )
 
 
-def test_wrong_input_size_names_both_shapes():
-    layer = flax_local.LocallyConnected2D(4, 3, strides=2)
-    variables = layer.init(jax.random.key(0), jnp.zeros((1, 9, 9, 3)))
-    with pytest.raises(
-        ValueError, match=r"spatial shape \(11, 9\).*kernel has shape \(4, 4, 3, 3, 3, 4\).*\(9, 9\)"
-    ):
-        layer.apply(variables, jnp.zeros((1, 11, 9, 3)))
-    with pytest.raises(ValueError, match=r"with 2 channels.*with 3 channels"):
-        layer.apply(variables, jnp.zeros((1, 9, 9, 2)))
-    with pytest.raises(ValueError, match=r"needs inputs of rank >= 3.*got inputs of shape \(9, 9\)"):
-        layer.apply(variables, jnp.zeros((9, 9)))
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(filters=0), r"filters must be a positive int, got 0"),
-        (dict(kernel_size=0), r"kernel_size must be >= 1 in every dimension, got \(0,\)"),
-        (dict(strides=-1), r"strides must be >= 1 in every dimension, got \(-1,\)"),
-        (dict(dilation_rate=(1, 2)), r"dilation_rate must have 1 entries.*\(1, 2\)"),
-        (dict(padding="full"), r"padding must be one of .*'full'"),
-        (dict(data_format="NHWC"), r"data_format must be one of .*'NHWC'"),
-        (dict(implementation=4), r"implementation must be one of .*4"),
-        (dict(activation="relu7"), r"activation must be .*'relu7'"),
-        (dict(kernel_constraint="max_nrom"), r"kernel_constraint must be .*'max_nrom'"),
+        # Argument errors common to both front ends: tests/test_layers.py.
         (dict(kernel_size=9), r"input spatial shape \(6,\) is too small for kernel_size=\(9,\)"),
     ],
 )

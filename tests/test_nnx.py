@@ -107,21 +107,6 @@ def test_same_numbers_as_linen_given_the_same_params(case):
         assert layer.bias is None
 
 
-def test_initializers_are_per_position():
-    layer = local_nnx.LocallyConnected2D(
-        3, 16, 3, input_shape=(6, 6), kernel_initializer="glorot_uniform", rngs=nnx.Rngs(0)
-    )
-    kernel = np.asarray(layer.kernel[...])
-    assert kernel.shape == (4, 4, 3, 3, 3, 16)
-    # Keras's Conv2D fans for one position's (3, 3, 3, 16) block, not counting the 16 positions.
-    limit = np.sqrt(6.0 / (9 * 3 + 9 * 16))
-    assert np.abs(kernel).max() <= limit
-    per_position_max = np.abs(kernel).reshape(16, -1).max(axis=1)
-    assert per_position_max.min() > 0.9 * limit
-    assert not np.allclose(kernel[0, 0], kernel[0, 1])  # fresh draws at each position
-    np.testing.assert_array_equal(layer.bias[...], 0)
-
-
 def test_training_step_with_optimizer_regularizer_and_constraint():
     class Model(nnx.Module):
         def __init__(self, rngs):

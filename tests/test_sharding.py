@@ -35,6 +35,10 @@ _MULTI_DEVICE_CHECKS = [
     "equal_second_position_axis",
     "indivisible_positions",
     "kernel_share_is_one_nth",
+    "nnx_checkpoint_round_trip",
+    "nnx_equal_explicit_mesh",
+    "nnx_equal_positions",
+    "nnx_optimizer_step_keeps_sharding",
     "no_kernel_gather",
     "train_step_keeps_sharding",
 ]

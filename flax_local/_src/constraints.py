@@ -36,6 +36,30 @@ def kernel_unit_axes(ndim: int) -> tuple[int, ...]:
     return tuple(range(rank, 2 * rank + 1))
 
 
+def constrain_kernel(constraint: Constraint, kernel: jax.Array, rank: int) -> jax.Array:
+    """Applies ``constraint`` to the kernel of a layer of spatial rank ``rank``.
+
+    The layer's rank, not the kernel's ``ndim``, says which axes form a unit:
+    leading axes beyond ``2 * rank + 2`` (kernels stacked by ``nnx.vmap``,
+    ``nn.scan``, ...) are folded into the first position axis, which only
+    adds units, so nested stacks are constrained per unit too.
+
+    Raises:
+      ValueError: when the kernel has fewer than ``2 * rank + 2`` axes.
+    """
+    ndim = 2 * rank + 2
+    if kernel.ndim < ndim:
+        raise ValueError(
+            f"a kernel of a {rank}D layer needs at least {ndim} axes (*stack, *output_spatial, "
+            f"*kernel_size, in_channels, filters), got shape {kernel.shape}."
+        )
+    lead = kernel.ndim - ndim
+    if lead == 0:
+        return constraint(kernel)
+    folded = kernel.reshape((-1, *kernel.shape[lead + 1 :]))
+    return constraint(folded).reshape(kernel.shape)
+
+
 def _axes(w: jax.Array, axis: Sequence[int] | int | None) -> tuple[int, ...]:
     if axis is None:
         return kernel_unit_axes(w.ndim)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flax_local._src import linen
+from flax_local._src.layers import linen
 
 _BY_RANK = {1: linen.LocallyConnected1D, 2: linen.LocallyConnected2D, 3: linen.LocallyConnected3D}
 

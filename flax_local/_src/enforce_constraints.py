@@ -8,13 +8,21 @@ import jax
 import optax
 from flax import linen as nn
 
-from flax_local._src.constraints import Constraint, get_constraint
-from flax_local._src.linen import LocallyConnected
+from flax_local._src.constraints import Constraint
+from flax_local._src.layers.core import LayerConfig, LocalOp
+from flax_local._src.layers.linen import LocallyConnected
 
 
 class _Target(NamedTuple):
     constraint: Constraint
-    axis: tuple[int, ...] | None  # None: the constraint infers the kernel's unit axes
+    layer: tuple[LocalOp, LayerConfig] | None  # the layer's family and config for a kernel; None: a bias
+
+    def apply(self, value: jax.Array) -> jax.Array:
+        if self.layer is None:  # each element of a bias is a unit
+            return self.constraint(value, axis=())
+        # The layer's rank, not the kernel's ndim: kernels may be stacked (nn.scan, nn.vmap).
+        op, config = self.layer
+        return op.constrain_kernel(config, self.constraint, value)
 
 
 def declared_constraints(
@@ -36,18 +44,12 @@ def declared_constraints(
         module = context.module
         if isinstance(module, LocallyConnected) and context.method_name == "__call__":
             path = tuple(module.scope.path)
-            kernel_constraint = get_constraint(module.kernel_constraint, "kernel_constraint")
-            bias_constraint = get_constraint(module.bias_constraint, "bias_constraint")
-            if kernel_constraint is not None:
-                found[(*path, "kernel")] = _Target(kernel_constraint, None)
-            if bias_constraint is not None:
-                if not module.use_bias:
-                    raise ValueError(
-                        f"layer {'/'.join(path)} declares bias_constraint={module.bias_constraint!r} "
-                        "but use_bias=False: the constraint would be silently dropped."
-                    )
+            config = module.config  # validated at construction: a bias constraint implies a bias
+            if config.kernel_constraint is not None:
+                found[(*path, "kernel")] = _Target(config.kernel_constraint, (module.op, config))
+            if config.bias_constraint is not None:
                 # Per-unit norms of a bias act on each element (one weight per unit).
-                found[(*path, "bias")] = _Target(bias_constraint, ())
+                found[(*path, "bias")] = _Target(config.bias_constraint, None)
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
@@ -96,9 +98,9 @@ def enforce_constraints(
       An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
 
     Raises:
-      ValueError: at construction, for a bias constraint on a layer without a
-        bias; at ``init``, when params lack a constrained leaf; at ``update``,
-        when ``params`` is None.
+      ValueError: at ``init``, when params lack a constrained leaf; at
+        ``update``, when ``params`` is None. (A bias constraint on a layer
+        without a bias is rejected when the layer is constructed.)
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -129,9 +131,7 @@ def enforce_constraints(
             target = targets.get(_key_path(path))
             if target is None:
                 return update
-            new = param + update
-            new = target.constraint(new) if target.axis is None else target.constraint(new, axis=target.axis)
-            return new - param
+            return target.apply(param + update) - param
 
         return jax.tree_util.tree_map_with_path(constrain, updates, params), state
 

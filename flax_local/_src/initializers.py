@@ -15,12 +15,15 @@ counts the output positions in, so their weights start up to
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax.core import meta
 from jax.nn import initializers as jax_init
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
@@ -205,12 +208,34 @@ def get_initializer(initializer: str | Initializer, argument: str = "initializer
     raise ValueError(f"{argument} must be a callable or one of {list(NAMES)}, got {initializer!r}.")
 
 
+def _split_box(value: Any) -> tuple[Any, Callable[[jax.Array], Any] | None]:
+    """``(array, rebox)`` for a value flax boxed with partitioning metadata, else ``(value, None)``.
+
+    Knows linen's ``AxisMetadata`` boxes (``nn.Partitioned``,
+    ``nn.LogicallyPartitioned``: what ``nn.with_partitioning`` and
+    ``nn.with_logical_partitioning`` return) and NNX's ``VariableMetadata``
+    (what ``nnx.with_partitioning`` returns); ``rebox`` puts another array in
+    the same box.
+    """
+    if isinstance(value, meta.AxisMetadata):
+        return value.unbox(), value.replace_boxed
+    nnx = sys.modules.get("flax.nnx")  # not imported: no NNX box can exist
+    if nnx is not None and isinstance(value, nnx.VariableMetadata):
+        return value.raw_value, lambda array: dataclasses.replace(value, raw_value=array)
+    return value, None
+
+
 def per_position(initializer: Initializer, num_position_axes: int) -> Initializer:
     """Applies ``initializer`` to every output position independently.
 
     The wrapped initializer receives the full parameter shape
     ``(*output_spatial, *per_position_shape)``; ``initializer`` is called with
-    ``per_position_shape`` and a fresh key for each position.
+    ``per_position_shape`` and a fresh key for each position, so its fans are
+    those of one position's block. An initializer wrapped by flax's
+    ``nn.with_partitioning``, ``nn.with_logical_partitioning`` or
+    ``nnx.with_partitioning`` keeps working: the values are drawn per position
+    and the whole parameter comes back in the same box, whose axis names are
+    those of the whole parameter.
 
     Args:
       initializer: an initializer for one position's block.
@@ -221,15 +246,26 @@ def per_position(initializer: Initializer, num_position_axes: int) -> Initialize
 
     Example:
       >>> import jax
+      >>> from flax import linen as nn
       >>> init = per_position(get_initializer("glorot_uniform"), 2)
       >>> init(jax.random.key(0), (5, 5, 3, 3, 2, 4), jax.numpy.float32).shape
       (5, 5, 3, 3, 2, 4)
+      >>> boxed = per_position(nn.with_partitioning(get_initializer("ones"), ("model", None, None)), 1)
+      >>> boxed(jax.random.key(0), (4, 3, 2), jax.numpy.float32).names
+      ('model', None, None)
     """
 
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Any:
         positions, block = tuple(shape[:num_position_axes]), tuple(shape[num_position_axes:])
         keys = jax.random.split(key, math.prod(positions))
-        values = jax.vmap(lambda k: initializer(k, block, dtype))(keys)
-        return values.reshape(shape)
+        reboxes = []
+
+        def one(k: jax.Array) -> jax.Array:
+            value, rebox = _split_box(initializer(k, block, dtype))
+            reboxes.append(rebox)  # the box's metadata is static: the same at every position
+            return value
+
+        values = jax.vmap(one)(keys).reshape(shape)
+        return values if reboxes[0] is None else reboxes[0](values)
 
     return init

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,9 @@ Regularizer = Callable[[jax.Array], jax.Array]
 @dataclasses.dataclass(frozen=True)
 class L1L2:
     """``l1 * sum(|w|) + l2 * sum(w ** 2)``, as tf_keras's ``L1L2``.
+
+    Half-precision inputs (float16, bfloat16) are summed in float32 and give
+    a float32 penalty; other dtypes keep theirs.
 
     Attributes:
       l1: the L1 factor.
@@ -30,7 +34,9 @@ class L1L2:
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.asarray(x)
-        penalty = jnp.zeros((), jnp.float32 if x.dtype == jnp.bfloat16 else x.dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+            x = x.astype(jnp.float32)  # half dtypes overflow: 300.0 ** 2 is inf in float16
+        penalty = jnp.zeros((), x.dtype)
         if self.l1:
             penalty = penalty + self.l1 * jnp.sum(jnp.abs(x)).astype(penalty.dtype)
         if self.l2:
@@ -103,16 +109,28 @@ def get_regularizer(
     )
 
 
-def regularization_loss(state: dict) -> jax.Array:
+# Flax's collection names other than "losses": a dict holding one is a variables dict.
+_COLLECTIONS = ("params", "batch_stats", "intermediates", "cache", "constants", "aux_loss")
+
+
+def regularization_loss(state: Mapping[str, Any]) -> jax.Array:
     """Sums every regularization term sown by flax_local layers.
 
+    Only the ``"losses"`` collection is read: ``batch_stats``, ``params`` and
+    any other collection in ``state`` are ignored.
+
     Args:
-      state: the variables returned by ``model.apply(..., mutable=["losses"])``
-        (the whole dict, or just its ``"losses"`` collection).
+      state: the variables returned by ``model.apply(..., mutable=[...,
+        "losses"])`` (the whole dict, whatever other collections it holds), or
+        just its ``"losses"`` collection.
 
     Returns:
       A float32 scalar: the sum of all kernel, bias and activity penalties (0
       when there are none). Jit-able and differentiable.
+
+    Raises:
+      ValueError: when ``state`` is neither a dict of collections nor a
+        ``"losses"`` collection (for example a bare array, or the ``params``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -124,9 +142,33 @@ def regularization_loss(state: dict) -> jax.Array:
       >>> bool(regularization_loss(state) > 0)
       True
     """
-    losses = state.get("losses", state) if hasattr(state, "get") else state
-    leaves = jax.tree_util.tree_leaves(losses)
+    losses = _losses_collection(state)
     total = jnp.zeros((), jnp.float32)
-    for leaf in leaves:
+    for leaf in jax.tree_util.tree_leaves(losses):
         total = total + jnp.sum(leaf).astype(jnp.float32)
     return total
+
+
+def _losses_collection(state: Any) -> Any:
+    """The ``"losses"`` collection inside ``state``; raises for anything else."""
+    expected = (
+        "regularization_loss needs the variables returned by model.apply(..., mutable=['losses']) "
+        "(a dict of collections) or their 'losses' collection"
+    )
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{expected}, got a {type(state).__name__}.")
+    if "losses" in state:
+        return state["losses"]
+    if not state or any(name in state for name in _COLLECTIONS):
+        return {}  # a dict of collections in which no layer sowed a penalty
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
+    sown = [
+        path for path, _ in paths if any(str(getattr(k, "key", "")).endswith("_regularization") for k in path)
+    ]
+    if len(sown) != len(paths):
+        stray = next(jax.tree_util.keystr(path) for path, _ in paths if path not in sown)
+        raise ValueError(
+            f"{expected}; got a dict whose entry {stray} is not a sown penalty (flax_local sows "
+            "'<kernel|bias|activity>_regularization'). Pass the whole state returned by apply."
+        )
+    return state

@@ -138,11 +138,23 @@ def logical_axis_rules(
       ``flax_local.sharding.state_shardings``,
       ``flax.linen.logical_to_mesh_sharding`` or ``flax.linen.logical_axis_rules``.
 
+    Raises:
+      ValueError: when an argument is neither None, a name nor a sequence of
+        names.
+
     Example:
       >>> from flax_local.sharding import logical_axis_rules
       >>> logical_axis_rules("data", "model")
       (('batch', 'data'), ('local_pos_0', 'model'))
     """
+    for argument, value in (("data_axis", data_axis), ("model_axis", model_axis)):
+        valid = value is None or isinstance(value, str)
+        if not valid and isinstance(value, Sequence) and not isinstance(value, bytes):
+            valid = len(value) > 0 and all(isinstance(name, str) for name in value)
+        if not valid:
+            raise ValueError(
+                f"{argument} must be None, a mesh axis name or a sequence of mesh axis names, got {value!r}."
+            )
     return ((BATCH_AXIS, data_axis), (f"{POSITION_AXIS_PREFIX}0", model_axis))
 
 
@@ -305,16 +317,109 @@ def state_shardings(
     return StateShardings(params=params, opt_state=opt_state, variables=variables)
 
 
+def nnx_shardings(
+    mesh: Mesh,
+    model: Any,
+    rules: LogicalRules,
+    *,
+    indivisible: str = "raise",
+) -> Any:
+    """``NamedSharding`` for every variable of an NNX model: the NNX counterpart of ``variable_shardings``.
+
+    Each variable's ``out_sharding`` annotation (what
+    ``logical_partitioning=True`` on this library's NNX layers and
+    ``nnx.with_partitioning`` attach) is mapped to mesh axes: a name with a
+    rule takes the rule's mesh axes (the first matching rule), a name that is
+    itself an axis of ``mesh`` stays, any other name is replicated (as linen's
+    rules treat unmatched names). Unannotated variables are replicated.
+
+    Args:
+      mesh: the device mesh.
+      model: an ``nnx.Module`` or its ``nnx.state(...)``.
+      rules: logical-axis rules, e.g. ``logical_axis_rules()``.
+      indivisible: ``"raise"`` or ``"replicate"``, as in ``variable_shardings``.
+
+    Returns:
+      An ``nnx.State`` with the structure of ``nnx.state(model)`` and a
+      ``NamedSharding`` in place of each variable: place the model with
+      ``nnx.update(model, jax.device_put(nnx.state(model), shardings))``; the
+      shards then survive a jitted ``nnx.Optimizer`` step and serve as an
+      orbax restore target.
+
+    Raises:
+      ValueError: for an indivisible dimension (``indivisible="raise"``) or an
+        unknown mesh axis in a rule.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from flax_local import nnx as local_nnx
+      >>> from flax_local.sharding import logical_axis_rules, nnx_shardings
+      >>> layer = local_nnx.LocallyConnected1D(
+      ...     3, 4, 3, input_shape=(10,), logical_partitioning=True, rngs=nnx.Rngs(0))
+      >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
+      >>> shardings = nnx_shardings(mesh, layer, logical_axis_rules())
+      >>> shardings["kernel"].spec
+      P('model', None, None, None)
+      >>> nnx.update(layer, jax.device_put(nnx.state(layer), shardings))
+      >>> layer(jnp.ones((2, 10, 3))).shape
+      (2, 8, 4)
+    """
+    from flax import nnx
+
+    if indivisible not in ("raise", "replicate"):
+        raise ValueError(f"indivisible must be 'raise' or 'replicate', got {indivisible!r}.")
+    state = nnx.state(model) if isinstance(model, nnx.Module) else model
+    first_rule: dict[str, Any] = {}
+    for name, axes in _check_rules(rules):
+        first_rule.setdefault(name, axes)
+
+    def mesh_axes(name: Any) -> Any:
+        if name is None:
+            return None
+        if name in first_rule:
+            return first_rule[name]
+        return name if name in mesh.axis_names else None
+
+    def sharding_of(path: Any, variable: Any) -> NamedSharding:
+        names = variable.get_metadata().get("out_sharding") or ()
+        if isinstance(names, PartitionSpec):
+            names = tuple(names)
+        spec = PartitionSpec(*(mesh_axes(name) for name in names))
+        shape = tuple(getattr(variable.get_value(), "shape", ()))
+        return NamedSharding(mesh, _fit_spec(mesh, spec, shape, jax.tree_util.keystr(path), indivisible))
+
+    return jax.tree_util.tree_map_with_path(sharding_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _check_rules(rules: Any) -> tuple[tuple[str, Any], ...]:
+    """``rules`` as a tuple of ``(name, mesh_axes)`` pairs; raises for anything else."""
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
+        raise ValueError(f"rules must be a sequence of (logical_name, mesh_axes) pairs, got {rules!r}.")
+    for rule in rules:
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(
+                f"each rule must be a (logical_name, mesh_axes) pair, got {rule!r} in {rules!r}."
+            )
+    return tuple((rule[0], rule[1]) for rule in rules)
+
+
 def _check_rank(rank: int) -> int:
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int (number of spatial dimensions), got {rank!r}.")
     return rank
 
 
-def _axis_size(mesh: Mesh, axes: Any) -> int:
+def _axis_size(mesh: Mesh, axes: Any, where: str) -> int:
     if axes is None:
         return 1
     names = (axes,) if isinstance(axes, str) else tuple(axes)
+    for name in names:
+        if name not in mesh.shape:
+            raise ValueError(
+                f"{where} is to be sharded over mesh axis {name!r}, which the mesh does not have "
+                f"(its axes are {tuple(mesh.axis_names)}). Fix the rule that maps to {name!r}."
+            )
     return math.prod(mesh.shape[name] for name in names)
 
 
@@ -324,7 +429,7 @@ def _fit_spec(
     """Checks that ``spec`` divides ``shape``; raises or drops what does not."""
     entries = list(spec) + [None] * (len(shape) - len(spec))
     for dim, (axes, size) in enumerate(zip(entries, shape)):
-        parts = _axis_size(mesh, axes)
+        parts = _axis_size(mesh, axes, where)
         if size % parts:
             if indivisible == "raise":
                 raise ValueError(
@@ -368,6 +473,7 @@ def call_on_any_mesh(
     *,
     rank: int,
     channels_first: bool,
+    out_sharding: Callable[[tuple[Any, ...]], tuple[tuple[Any, ...], Any]] | None = None,
 ) -> jax.Array:
     """Runs ``compute(inputs, kernel, bias)`` so that it works on every mesh.
 
@@ -377,7 +483,9 @@ def call_on_any_mesh(
     ``jax.sharding.auto_axes``, so the SPMD partitioner chooses its
     communication (a halo exchange of input rows, never a kernel gather), and
     the output is typed as sharded like the batch axes of ``inputs`` and the
-    position and filter axes of ``kernel``. When the types show replicated
+    position and filter axes of ``kernel``. ``out_sharding`` maps the kernel's
+    spec to the output's (positions, filters) mesh axes; the default reads a
+    kernel ``(*output_positions, ..., filters)``. When the types show replicated
     ``kernel`` and ``bias`` and a batch-only sharded ``inputs``, ``compute``
     runs per device under ``shard_map`` instead (``flax_local._src.data_parallel``),
     so that ``"auto"`` keeps the fused kernels.
@@ -391,7 +499,8 @@ def call_on_any_mesh(
         return y
     x_spec, k_spec = _spec_of(inputs), _spec_of(kernel)
     num_batch = inputs.ndim - rank - 1
-    batch, positions, filters = x_spec[:num_batch], k_spec[:rank], k_spec[-1]
+    batch = x_spec[:num_batch]
+    positions, filters = (k_spec[:rank], k_spec[-1]) if out_sharding is None else out_sharding(k_spec)
     out = (*batch, filters, *positions) if channels_first else (*batch, *positions, filters)
     used: set[str] = set()
     entries = []

@@ -1,25 +1,22 @@
-"""Flax linen modules: thin wrappers over ``locally_connected``."""
+"""Flax linen modules: the layer core (``core.py``) bound to linen's params and ``sow``."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from flax.linen.dtypes import promote_dtype
+from flax.core import meta
 from jax import lax
 
 from flax_local._src import arguments
-from flax_local._src import geometry as geometry_lib
-from flax_local._src import sharding as sharding_lib
-from flax_local._src.activations import Activation, get_activation
-from flax_local._src.constraints import Constraint, get_constraint
-from flax_local._src.initializers import Initializer, get_initializer, per_position
-from flax_local._src.locally_connected import locally_connected
-from flax_local._src.regularizers import Regularizer, get_regularizer
+from flax_local._src.activations import Activation
+from flax_local._src.constraints import Constraint
+from flax_local._src.initializers import Initializer
+from flax_local._src.layers import core
+from flax_local._src.regularizers import Regularizer
 
 
 class LocallyConnected(nn.Module):
@@ -49,7 +46,10 @@ class LocallyConnected(nn.Module):
       dilation_rate: spacing of the window taps, an int or one per dimension.
       activation: None, a callable, or a Keras activation name.
       use_bias: whether to add a per-position bias.
-      kernel_initializer: a jax initializer or a Keras name, for one position.
+      kernel_initializer: a jax initializer or a Keras name, for one position;
+        ``nn.with_partitioning(init, names)`` and
+        ``nn.with_logical_partitioning(init, names)`` are accepted, with
+        ``names`` for the whole kernel.
       bias_initializer: a jax initializer or a Keras name, for one position.
       kernel_regularizer: None, a callable ``array -> scalar`` or a name
         ("l1", "l2", "l1_l2"); sown into the ``"losses"`` collection.
@@ -74,6 +74,9 @@ class LocallyConnected(nn.Module):
         ``init`` then returns boxes: read shapes through ``nn.unbox``. An
         ``"auto"`` implementation then means ``"patches"``, the one XLA
         partitions by output position.
+
+    Every argument is checked when the module is constructed; a bad one
+    raises a ``ValueError`` naming it.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -108,18 +111,56 @@ class LocallyConnected(nn.Module):
     logical_partitioning: bool = False
 
     spatial_rank: ClassVar[int | None] = None
+    op: ClassVar[core.LocalOp] = core.FORWARD
+
+    def __post_init__(self) -> None:
+        # Validated once, at construction, as the NNX modules are; kept for __call__.
+        object.__setattr__(self, "_config", self._configure())
+        super().__post_init__()
+
+    def _configure(self) -> core.LayerConfig:
+        name = type(self).__name__
+        return core.configure(
+            name,
+            core.layer_rank(name, self.spatial_rank, self.kernel_size),
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            activity_regularizer=self.activity_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            implementation=self.implementation,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            max_matrix_bytes=self.max_matrix_bytes,
+            logical_partitioning=self.logical_partitioning,
+            op=self.op,
+            options=self._layer_options(),
+        )
+
+    def _layer_options(self) -> tuple[tuple[str, Any], ...]:
+        """A layer family's own arguments for ``op.validate`` (none here); subclasses override it."""
+        return ()
+
+    @property
+    def config(self) -> core.LayerConfig:
+        """The validated arguments (tuples, canonical names, resolved callables)."""
+        return self._config  # type: ignore[attr-defined]
 
     @property
     def rank(self) -> int:
         """The number of spatial dimensions."""
-        if self.spatial_rank is not None:
-            return self.spatial_rank
-        if isinstance(self.kernel_size, int) or not isinstance(self.kernel_size, Sequence):
-            raise ValueError(
-                "LocallyConnected needs kernel_size as a sequence (one int per spatial dimension) "
-                f"to know its rank, got {self.kernel_size!r}; or use LocallyConnected1D/2D/3D."
-            )
-        return len(self.kernel_size)
+        return self.config.rank
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -132,111 +173,55 @@ class LocallyConnected(nn.Module):
         Returns:
           ``(*batch, *output_spatial, filters)`` or ``(*batch, filters,
           *output_spatial)``.
+
+        Raises:
+          ValueError: when the inputs' rank does not fit, or their size differs
+            from the one the parameters were made for.
         """
-        name = type(self).__name__
-        rank = self.rank
-        filters = arguments.check_positive(self.filters, "filters")
-        kernel_size, strides, padding, dilation = geometry_lib.check_geometry_arguments(
-            rank, self.kernel_size, self.strides, self.padding, self.dilation_rate
-        )
-        data_format = arguments.check_data_format(self.data_format)
-        implementation = arguments.check_implementation(self.implementation)
-        if implementation == "auto" and self.logical_partitioning:
-            # "patches" partitions by position; "dense" builds its matrix whole
-            # and XLA can only replicate "native"'s custom calls.
-            implementation = "patches"
-        activation = get_activation(self.activation)
-        kernel_init = get_initializer(self.kernel_initializer, "kernel_initializer")
-        bias_init = get_initializer(self.bias_initializer, "bias_initializer")
-        regularizers = {
-            "kernel": get_regularizer(self.kernel_regularizer, "kernel_regularizer"),
-            "bias": get_regularizer(self.bias_regularizer, "bias_regularizer"),
-            "activity": get_regularizer(self.activity_regularizer, "activity_regularizer"),
-        }
-        get_constraint(self.kernel_constraint, "kernel_constraint")
-        get_constraint(self.bias_constraint, "bias_constraint")
-
+        config, op = self.config, self.op
         inputs = jnp.asarray(inputs)
-        if inputs.ndim < rank + 1:
-            layout = (
-                "(*batch, *spatial, channels)"
-                if data_format == "channels_last"
-                else "(*batch, channels, *spatial)"
-            )
-            raise ValueError(
-                f"{name} needs inputs of rank >= {rank + 1}, {layout} with {rank} spatial "
-                f"dimension(s), but got inputs of shape {inputs.shape}."
-            )
-        if data_format == "channels_last":
-            spatial, channels = tuple(inputs.shape[-rank - 1 : -1]), inputs.shape[-1]
-        else:
-            spatial, channels = tuple(inputs.shape[-rank:]), inputs.shape[-rank - 1]
-        geometry = geometry_lib.make_geometry(spatial, kernel_size, strides, padding, dilation)
-        out = geometry.output_spatial
-
-        kernel_init, bias_init = per_position(kernel_init, rank), per_position(bias_init, rank)
-        if self.logical_partitioning:
-            kernel_init = nn.with_logical_partitioning(kernel_init, sharding_lib.kernel_axis_names(rank))
-            bias_init = nn.with_logical_partitioning(bias_init, sharding_lib.bias_axis_names(rank))
-        expected = (*out, *kernel_size, channels, filters)
+        split = core.split_input(config, inputs.shape)
+        kernel_shape = op.kernel_shape(config, split.spatial, split.channels)
+        bias_shape = op.bias_shape(config, split.spatial)
         if self.has_variable("params", "kernel"):
             # Checked before self.param, which would raise flax's generic shape error.
             found = tuple(jnp.shape(nn.unbox(self.get_variable("params", "kernel"))))
-            if found != expected:
-                made_for = geometry_lib.smallest_input_for(
-                    found[:rank], kernel_size, strides, padding, dilation
-                )
-                raise ValueError(
-                    f"{name} got inputs of spatial shape {spatial} with {channels} channels, which "
-                    f"needs a kernel of shape {expected}, but its kernel has shape {found} "
-                    f"(made for inputs of spatial shape {made_for} with {found[-2]} channels). "
-                    "A locally-connected layer only accepts the input size it was initialized with."
-                )
-        kernel = self.param("kernel", kernel_init, expected, self.param_dtype)
-        bias = None
-        if self.use_bias:
-            bias = self.param("bias", bias_init, (*out, filters), self.param_dtype)
-        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-
-        compute = functools.partial(
-            locally_connected,
-            strides=strides,
-            padding=padding,
-            dilation_rate=dilation,
-            data_format=data_format,
-            implementation=implementation,
-            precision=self.precision,
-            max_matrix_bytes=self.max_matrix_bytes,
-        )
-        y = sharding_lib.call_on_any_mesh(
-            compute, inputs, kernel, bias, rank=rank, channels_first=data_format == "channels_first"
-        )
-        if activation is not None:
-            y = activation(y)
+            core.check_kernel_shape(config, op, found, split)
+        else:
+            shapes = {"kernel": kernel_shape, **({"bias": bias_shape} if config.use_bias else {})}
+            core.check_param_size(config, shapes)
+        kernel_init, bias_init = core.initializers(config, op)
+        if config.logical_partitioning:
+            kernel_init = _logically_partitioned(kernel_init, op.kernel_axis_names(config), "kernel")
+            bias_init = _logically_partitioned(bias_init, op.bias_axis_names(config), "bias")
+        kernel = self.param("kernel", kernel_init, kernel_shape, config.param_dtype)
+        bias = self.param("bias", bias_init, bias_shape, config.param_dtype) if config.use_bias else None
+        y = core.forward(config, op, inputs, kernel, bias)
         # Not during init: the penalties would land in the returned variables and
         # be appended to again by every apply that is given them.
         if self.is_mutable_collection("losses") and not self.is_initializing():
-            self._sow_regularization(regularizers, kernel, bias, y, inputs.ndim - rank - 1)
+            # On the parameters as stored (param_dtype), as the NNX modules do.
+            for term, penalty in core.weight_penalties(config, kernel, bias).items():
+                self.sow("losses", f"{term}_regularization", penalty)
+            activity = core.activity_penalty(config, y, split.num_batch)
+            if activity is not None:
+                self.sow("losses", "activity_regularization", activity)
         return y
 
-    def _sow_regularization(
-        self,
-        regularizers: dict[str, Regularizer | None],
-        kernel: jax.Array,
-        bias: jax.Array | None,
-        outputs: jax.Array,
-        num_batch_axes: int,
-    ) -> None:
-        """Sows each penalty into ``"losses"`` under ``<term>_regularization``."""
-        if regularizers["kernel"] is not None:
-            self.sow("losses", "kernel_regularization", regularizers["kernel"](kernel))
-        if regularizers["bias"] is not None and bias is not None:
-            self.sow("losses", "bias_regularization", regularizers["bias"](bias))
-        if regularizers["activity"] is not None:
-            batch_size = 1
-            for size in outputs.shape[:num_batch_axes]:
-                batch_size *= size
-            self.sow("losses", "activity_regularization", regularizers["activity"](outputs) / batch_size)
+
+def _logically_partitioned(init: Initializer, names: tuple[str, ...], what: str) -> Initializer:
+    """Boxes ``init``'s result as ``nn.with_logical_partitioning`` does."""
+
+    def boxed(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> Any:
+        value = init(key, shape, dtype)
+        if isinstance(value, meta.AxisMetadata):
+            raise ValueError(
+                f"logical_partitioning=True names the {what}'s axes itself, but the {what} initializer "
+                f"already returns a partitioned box ({type(value).__name__}); pass one or the other."
+            )
+        return nn.LogicallyPartitioned(value, names)
+
+    return boxed
 
 
 class LocallyConnected1D(LocallyConnected):

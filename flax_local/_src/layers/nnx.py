@@ -4,8 +4,9 @@ NNX modules create their parameters eagerly in ``__init__``, and a
 locally-connected layer's parameter shapes depend on the input's spatial size,
 so these modules take ``in_features`` (the input channels) and ``input_shape``
 (the input's spatial shape) at construction. Everything else matches the linen
-modules in ``flax_local._src.linen``: argument names and defaults, parameter
-layout, per-position initializers, error messages, and the numbers computed.
+modules: argument names and defaults, parameter layout, per-position
+initializers, error messages, sharding, and the numbers computed, because both
+bind the same layer core (``core.py``).
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.linen.dtypes import promote_dtype
+from flax.core import meta
 from jax import lax
 
 from flax_local._src import arguments
-from flax_local._src import geometry as geometry_lib
-from flax_local._src.activations import Activation, get_activation
-from flax_local._src.constraints import Constraint, get_constraint
-from flax_local._src.initializers import Initializer, get_initializer, per_position
-from flax_local._src.locally_connected import locally_connected
-from flax_local._src.regularizers import Regularizer, get_regularizer
+from flax_local._src.activations import Activation
+from flax_local._src.constraints import Constraint
+from flax_local._src.initializers import Initializer
+from flax_local._src.layers import core
+from flax_local._src.regularizers import Regularizer
 
 
 class RegularizationLoss(nnx.Variable):
@@ -88,7 +88,9 @@ class LocallyConnected(nnx.Module):
       dilation_rate: spacing of the window taps, an int or one per dimension.
       activation: None, a callable, or a Keras activation name.
       use_bias: whether to add a per-position bias.
-      kernel_initializer: a jax initializer or a Keras name, for one position.
+      kernel_initializer: a jax initializer or a Keras name, for one position;
+        ``nnx.with_partitioning(init, sharding)`` is accepted, with
+        ``sharding`` for the whole kernel.
       bias_initializer: a jax initializer or a Keras name, for one position.
       kernel_regularizer: None, a callable ``array -> scalar`` or a name
         ("l1", "l2", "l1_l2"); see ``regularization_loss``.
@@ -105,6 +107,11 @@ class LocallyConnected(nnx.Module):
       precision: numerical precision of the matrix products.
       max_matrix_bytes: limit for the matrix ``"dense"``/``"sparse"`` build
         (default 1 GiB).
+      logical_partitioning: if True, annotate ``kernel`` and ``bias`` with the
+        logical axis names of the linen modules (``local_pos_<d>``, ...; the
+        ``out_sharding`` metadata ``nnx.get_partition_spec`` reads) so that
+        ``flax_local.sharding.nnx_shardings`` and logical-axis rules can shard
+        them. An ``"auto"`` implementation then means ``"patches"``.
       rngs: the ``nnx.Rngs`` whose ``params`` stream initializes the weights.
 
     Raises:
@@ -124,6 +131,7 @@ class LocallyConnected(nnx.Module):
     """
 
     spatial_rank: ClassVar[int | None] = None
+    op: ClassVar[core.LocalOp] = core.FORWARD
 
     def __init__(
         self,
@@ -150,70 +158,97 @@ class LocallyConnected(nnx.Module):
         param_dtype: Any = jnp.float32,
         precision: lax.PrecisionLike = None,
         max_matrix_bytes: int | None = None,
+        logical_partitioning: bool = False,
         rngs: nnx.Rngs,
     ):
-        rank = self._rank(kernel_size)
-        self.in_features = arguments.check_positive(in_features, "in_features")
-        self.filters = arguments.check_positive(filters, "filters")
-        self.kernel_size, self.strides, self.padding, self.dilation_rate = (
-            geometry_lib.check_geometry_arguments(rank, kernel_size, strides, padding, dilation_rate)
+        name = type(self).__name__
+        rank = core.layer_rank(name, self.spatial_rank, kernel_size)
+        in_features = arguments.check_positive(in_features, "in_features")
+        config = core.configure(
+            name,
+            rank,
+            filters=filters,
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            implementation=implementation,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            precision=precision,
+            max_matrix_bytes=max_matrix_bytes,
+            logical_partitioning=logical_partitioning,
+            op=self.op,
+            options=self._layer_options(),
         )
+        self.config = config
+        self.in_features = in_features
         self.input_shape = arguments.to_tuple(input_shape, rank, "input_shape")
-        self.data_format = arguments.check_data_format(data_format)
-        self.implementation = arguments.check_implementation(implementation)
-        self.activation = get_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_regularizer = get_regularizer(kernel_regularizer, "kernel_regularizer")
-        self.bias_regularizer = get_regularizer(bias_regularizer, "bias_regularizer")
-        self.activity_regularizer = get_regularizer(activity_regularizer, "activity_regularizer")
-        self.kernel_constraint = get_constraint(kernel_constraint, "kernel_constraint")
-        self.bias_constraint = get_constraint(bias_constraint, "bias_constraint")
-        if self.bias_constraint is not None and not self.use_bias:
-            raise ValueError(
-                f"{type(self).__name__} declares bias_constraint={bias_constraint!r} but "
-                "use_bias=False: the constraint would be silently dropped."
-            )
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
-        self.max_matrix_bytes = max_matrix_bytes
-
-        geometry = geometry_lib.make_geometry(
-            self.input_shape, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        op = self.op
+        self.output_shape = op.output_spatial(config, self.input_shape)
+        kernel_shape = op.kernel_shape(config, self.input_shape, in_features)
+        bias_shape = op.bias_shape(config, self.input_shape)
+        core.check_param_size(
+            config, {"kernel": kernel_shape, **({"bias": bias_shape} if config.use_bias else {})}
         )
-        self.output_shape = geometry.output_spatial
-        kernel_init = per_position(get_initializer(kernel_initializer, "kernel_initializer"), rank)
-        self.kernel = nnx.Param(
-            kernel_init(
-                rngs.params(),
-                (*self.output_shape, *self.kernel_size, self.in_features, self.filters),
-                param_dtype,
-            )
+        kernel_init, bias_init = core.initializers(config, op)
+        self.kernel = _param(
+            config, kernel_init(rngs.params(), kernel_shape, config.param_dtype), op.kernel_axis_names(config)
         )
-        if self.use_bias:
-            bias_init = per_position(get_initializer(bias_initializer, "bias_initializer"), rank)
-            self.bias = nnx.Param(bias_init(rngs.params(), (*self.output_shape, self.filters), param_dtype))
+        if config.use_bias:
+            self.bias = _param(
+                config, bias_init(rngs.params(), bias_shape, config.param_dtype), op.bias_axis_names(config)
+            )
         else:
             self.bias = nnx.data(None)
-        if self.activity_regularizer is not None:
+        if config.activity_regularizer is not None:
             self.activity_loss = RegularizationLoss(jnp.zeros((), jnp.float32))
         else:
             self.activity_loss = nnx.data(None)
 
-    def _rank(self, kernel_size: int | Sequence[int]) -> int:
-        if self.spatial_rank is not None:
-            return self.spatial_rank
-        if isinstance(kernel_size, int) or not isinstance(kernel_size, Sequence):
-            raise ValueError(
-                "LocallyConnected needs kernel_size as a sequence (one int per spatial dimension) "
-                f"to know its rank, got {kernel_size!r}; or use LocallyConnected1D/2D/3D."
-            )
-        return len(kernel_size)
+    def _layer_options(self) -> tuple[tuple[str, Any], ...]:
+        """A layer family's own arguments for ``op.validate`` (none here).
+
+        A subclass stores its extra arguments before calling ``__init__`` and
+        returns them here.
+        """
+        return ()
+
+    # The arguments, read from the validated configuration.
+    filters = property(lambda self: self.config.filters)
+    kernel_size = property(lambda self: self.config.kernel_size)
+    strides = property(lambda self: self.config.strides)
+    padding = property(lambda self: self.config.padding)
+    dilation_rate = property(lambda self: self.config.dilation_rate)
+    data_format = property(lambda self: self.config.data_format)
+    implementation = property(lambda self: self.config.implementation)
+    activation = property(lambda self: self.config.activation)
+    use_bias = property(lambda self: self.config.use_bias)
+    kernel_regularizer = property(lambda self: self.config.kernel_regularizer)
+    bias_regularizer = property(lambda self: self.config.bias_regularizer)
+    activity_regularizer = property(lambda self: self.config.activity_regularizer)
+    kernel_constraint = property(lambda self: self.config.kernel_constraint)
+    bias_constraint = property(lambda self: self.config.bias_constraint)
+    dtype = property(lambda self: self.config.dtype)
+    param_dtype = property(lambda self: self.config.param_dtype)
+    precision = property(lambda self: self.config.precision)
+    max_matrix_bytes = property(lambda self: self.config.max_matrix_bytes)
+    logical_partitioning = property(lambda self: self.config.logical_partitioning)
 
     @property
     def rank(self) -> int:
         """The number of spatial dimensions."""
-        return len(self.kernel_size)
+        return self.config.rank
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Applies the layer.
@@ -231,58 +266,17 @@ class LocallyConnected(nnx.Module):
           ValueError: when the inputs' rank, spatial shape or channels differ
             from those the layer was built for.
         """
-        name = type(self).__name__
-        rank = self.rank
+        config = self.config
         inputs = jnp.asarray(inputs)
-        if inputs.ndim < rank + 1:
-            layout = (
-                "(*batch, *spatial, channels)"
-                if self.data_format == "channels_last"
-                else "(*batch, channels, *spatial)"
-            )
-            raise ValueError(
-                f"{name} needs inputs of rank >= {rank + 1}, {layout} with {rank} spatial "
-                f"dimension(s), but got inputs of shape {inputs.shape}."
-            )
-        if self.data_format == "channels_last":
-            spatial, channels = tuple(inputs.shape[-rank - 1 : -1]), inputs.shape[-1]
-        else:
-            spatial, channels = tuple(inputs.shape[-rank:]), inputs.shape[-rank - 1]
+        split = core.split_input(config, inputs.shape)
         kernel = self.kernel[...]
-        geometry = geometry_lib.make_geometry(
-            spatial, self.kernel_size, self.strides, self.padding, self.dilation_rate
+        core.check_kernel_shape(
+            config, self.op, kernel.shape, split, made_for=(self.input_shape, self.in_features)
         )
-        expected = (*geometry.output_spatial, *self.kernel_size, channels, self.filters)
-        if kernel.shape != expected:
-            raise ValueError(
-                f"{name} got inputs of spatial shape {spatial} with {channels} channels, which "
-                f"needs a kernel of shape {expected}, but its kernel has shape {kernel.shape} "
-                f"(made for inputs of spatial shape {self.input_shape} with {self.in_features} "
-                "channels). A locally-connected layer only accepts the input size it was "
-                "initialized with."
-            )
         bias = None if self.bias is None else self.bias[...]
-        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        y = locally_connected(
-            inputs,
-            kernel,
-            bias,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-            implementation=self.implementation,
-            precision=self.precision,
-            max_matrix_bytes=self.max_matrix_bytes,
-        )
-        if self.activation is not None:
-            y = self.activation(y)
-        if self.activity_regularizer is not None:
-            batch_size = 1
-            for size in y.shape[: inputs.ndim - rank - 1]:
-                batch_size *= size
-            penalty = self.activity_regularizer(y) / batch_size
-            self.activity_loss[...] = jnp.asarray(penalty, jnp.float32)
+        y = core.forward(config, self.op, inputs, kernel, bias)
+        if self.activity_loss is not None:
+            self.activity_loss[...] = core.activity_penalty(config, y, split.num_batch)
         return y
 
     def regularization_loss(self) -> jax.Array:
@@ -304,11 +298,10 @@ class LocallyConnected(nnx.Module):
           >>> bool(jnp.allclose(layer.regularization_loss(), total))
           True
         """
+        bias = None if self.bias is None else self.bias[...]
         total = jnp.zeros((), jnp.float32)
-        if self.kernel_regularizer is not None:
-            total = total + jnp.asarray(self.kernel_regularizer(self.kernel[...]), jnp.float32)
-        if self.bias_regularizer is not None and self.bias is not None:
-            total = total + jnp.asarray(self.bias_regularizer(self.bias[...]), jnp.float32)
+        for penalty in core.weight_penalties(self.config, self.kernel[...], bias).values():
+            total = total + penalty
         if self.activity_loss is not None:
             total = total + self.activity_loss[...]
         return total
@@ -317,9 +310,11 @@ class LocallyConnected(nnx.Module):
         """Projects ``kernel`` and ``bias`` in place onto their constraints.
 
         Norm constraints act per output unit (position, filter), as in
-        ``flax_local.constraints``; on the bias each element is a unit. Call it
-        after every optimizer update (Keras applies constraints after each
-        step).
+        ``flax_local.constraints``; on the bias each element is a unit. The
+        units are found from the layer's rank, so kernels stacked by
+        ``nnx.vmap`` or ``nnx.scan`` (any number of times) are constrained per
+        unit too. Call it after every optimizer update (Keras applies
+        constraints after each step).
 
         Example:
           >>> import jax.numpy as jnp
@@ -331,10 +326,41 @@ class LocallyConnected(nnx.Module):
           >>> bool((layer.kernel[...] >= 0).all())
           True
         """
-        if self.kernel_constraint is not None:
-            self.kernel[...] = self.kernel_constraint(self.kernel[...])
-        if self.bias_constraint is not None and self.bias is not None:
-            self.bias[...] = self.bias_constraint(self.bias[...], axis=())
+        bias = None if self.bias is None else self.bias[...]
+        kernel, bias = core.constrain(self.config, self.op, self.kernel[...], bias)
+        if self.config.kernel_constraint is not None:
+            self.kernel[...] = kernel
+        if self.config.bias_constraint is not None and bias is not None:
+            self.bias[...] = bias
+
+
+def _param(config: core.LayerConfig, value: Any, names: tuple[str, ...]) -> nnx.Param:
+    """An ``nnx.Param`` holding ``value``, with its sharding annotation if it has one.
+
+    ``value`` is what the initializer returned: an array, the
+    ``VariableMetadata`` of ``nnx.with_partitioning`` (kept as flax keeps it)
+    or a linen partitioning box (its names become ``out_sharding``). With
+    ``logical_partitioning=True`` the logical names are annotated without
+    eager sharding: they need rules (``flax_local.sharding.nnx_shardings``) to
+    become mesh axes.
+    """
+    if isinstance(value, nnx.VariableMetadata):
+        if config.logical_partitioning:
+            raise ValueError(_BOTH_PARTITIONINGS)
+        return nnx.Param(value)
+    if isinstance(value, meta.AxisMetadata):
+        if config.logical_partitioning:
+            raise ValueError(_BOTH_PARTITIONINGS)
+        return nnx.Param(value.unbox(), out_sharding=tuple(value.names), eager_sharding=False)
+    if config.logical_partitioning:
+        return nnx.Param(value, out_sharding=names, eager_sharding=False)
+    return nnx.Param(value)
+
+
+_BOTH_PARTITIONINGS = (
+    "logical_partitioning=True names the parameters' axes itself, but an initializer already returns a "
+    "partitioned value; pass one or the other."
+)
 
 
 class LocallyConnected1D(LocallyConnected):

@@ -1,0 +1,1 @@
+"""The layer core and its linen and NNX front ends."""

@@ -419,6 +419,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
     from flax import linen as nn, nnx
     from flax_local import LocallyConnected2DTranspose, nnx as local_nnx
     from flax_local.sharding import logical_axis_rules, nnx_shardings, variable_shardings
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
     x = np.random.default_rng(0).normal(size=(4, 8, 6, 3)).astype(np.float32)
     mesh = jax.make_mesh((1, 4), ("data", "model"))
@@ -435,6 +436,21 @@ _SHARDING_SCRIPT = textwrap.dedent(
     results["linen"] = dict(diff=float(np.abs(np.asarray(plain) - np.asarray(sharded)).max()),
                             spec=str(placed["params"]["kernel"].sharding.spec),
                             bias_spec=str(placed["params"]["bias"].sharding.spec))
+    linen_plain = plain
+    explicit = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(explicit):
+        xs = jax.device_put(x, NamedSharding(explicit, P("data")))
+        by_rows = jax.device_put(nn.unbox(variables), variable_shardings(explicit, variables, rules))
+        out = jax.jit(layer.apply)(by_rows, xs)
+        replicated = jax.device_put(nn.unbox(variables), NamedSharding(explicit, P()))
+        out_dp = jax.jit(layer.apply)(replicated, xs)
+    results["explicit_rows"] = dict(diff=float(np.abs(np.asarray(linen_plain) - np.asarray(out)).max()),
+                                    spec=str(by_rows["params"]["kernel"].sharding.spec),
+                                    bias_spec=str(by_rows["params"]["bias"].sharding.spec),
+                                    out_spec=str(out.sharding.spec))
+    results["explicit_batch_only"] = dict(
+        diff=float(np.abs(np.asarray(linen_plain) - np.asarray(out_dp)).max()),
+        out_spec=str(out_dp.sharding.spec))
     model = local_nnx.LocallyConnected2DTranspose(3, 2, 3, input_shape=(8, 6), strides=2, padding="same",
                                                   logical_partitioning=True, bias_initializer="random_normal",
                                                   implementation="patches", rngs=nnx.Rngs(0))
@@ -462,7 +478,27 @@ def test_sharded_by_input_position_matches_unsharded():
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    for front, record in results.items():
-        assert record["diff"] < 1e-5, (front, record)
-        assert record["spec"].startswith("P('model',"), (front, record)  # 8 input rows over 4 devices
-        assert record["bias_spec"].startswith("P('model',"), (front, record)  # 16 output rows
+    for name, record in results.items():
+        assert record["diff"] < 1e-5, (name, record)
+    for name in ("linen", "nnx", "explicit_rows"):
+        assert results[name]["spec"].startswith("P('model',"), results  # 8 input rows over the devices
+        assert results[name]["bias_spec"].startswith("P('model',"), results  # 16 output rows
+    # On an Explicit mesh the output is typed as sharded by batch only, whether the kernel is sharded
+    # by rows (auto_axes) or replicated (the per-device data-parallel path).
+    assert results["explicit_rows"]["out_spec"].startswith("P('data',"), results
+    assert results["explicit_batch_only"]["out_spec"].startswith("P('data',"), results
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_activation_and_the_validated_output_padding(front):
+    kwargs = dict(filters=2, kernel_size=3, strides=2, output_padding=[1], bias_initializer="random_normal")
+    plain = Built(front, 1, (2, 5, 3), **kwargs)
+    activated = Built(front, 1, (2, 5, 3), activation="tanh", **kwargs)
+    x = _random((2, 5, 3))
+    np.testing.assert_allclose(
+        activated.apply(plain.params, x), np.tanh(plain.apply(plain.params, x)), rtol=1e-5, atol=1e-6
+    )
+    assert plain.apply(plain.params, x).shape == (2, 12, 2)  # (5 - 1) * 2 + 3 + 1
+    assert plain.layer.config.option("output_padding") == (1,)
+    if front == "nnx":
+        assert plain.layer.output_padding == (1,)

@@ -255,6 +255,8 @@ def test_initializer_fans_are_those_of_a_conv_transpose_kernel(front, initialize
 
     Each position's block has that layout, so the per-position draw has those
     fans (not the forward layer's fan_in = kH*kW*in, nor fans counting positions).
+    ``flax.linen.ConvTranspose(transpose_kernel=True)`` stores the same layout and
+    gets the same fans; without it flax stores ``(kH, kW, in, filters)``.
     """
     filters, channels, window = 32, 3, 9
     built = Built(
@@ -268,6 +270,12 @@ def test_initializer_fans_are_those_of_a_conv_transpose_kernel(front, initialize
     # Each position is drawn independently with the same fans.
     per_position = kernel.reshape(64, -1).var(axis=1)
     assert per_position.min() > 0.7 * expected and per_position.max() < 1.3 * expected
+    # The same fans as flax's ConvTranspose kernel in Keras's layout, with the same initializer.
+    flax_init = flax_local.initializers.get(initializer)
+    conv = nn.ConvTranspose(filters, (3, 3), transpose_kernel=True, kernel_init=flax_init)
+    flax_kernel = conv.init(jax.random.key(1), jnp.zeros((1, 40, 40, channels)))["params"]["kernel"]
+    assert flax_kernel.shape == kernel.shape[2:]
+    assert float(np.var(flax_kernel)) == pytest.approx(expected, rel=0.15)  # 864 draws
 
 
 @pytest.mark.parametrize("front", FRONTS)

@@ -24,6 +24,9 @@ from flax_local._src.layers.linen import LocallyConnected as LocallyConnected
 from flax_local._src.layers.linen import LocallyConnected1D as LocallyConnected1D
 from flax_local._src.layers.linen import LocallyConnected2D as LocallyConnected2D
 from flax_local._src.layers.linen import LocallyConnected3D as LocallyConnected3D
+from flax_local._src.layers.linen_transpose import LocallyConnected1DTranspose as LocallyConnected1DTranspose
+from flax_local._src.layers.linen_transpose import LocallyConnected2DTranspose as LocallyConnected2DTranspose
+from flax_local._src.layers.linen_transpose import LocallyConnected3DTranspose as LocallyConnected3DTranspose
 from flax_local._src.regularizers import regularization_loss as regularization_loss
 
 __version__ = "0.1.0"
@@ -47,8 +50,11 @@ def __dir__() -> list[str]:
 __all__ = [
     "LocallyConnected",
     "LocallyConnected1D",
+    "LocallyConnected1DTranspose",
     "LocallyConnected2D",
+    "LocallyConnected2DTranspose",
     "LocallyConnected3D",
+    "LocallyConnected3DTranspose",
     "constraints",
     "conv_local_kernel",
     "from_conv_local",

@@ -20,12 +20,18 @@ from flax_local._src.layers.nnx import LocallyConnected3D as LocallyConnected3D
 from flax_local._src.layers.nnx import RegularizationLoss as RegularizationLoss
 from flax_local._src.layers.nnx import apply_constraints as apply_constraints
 from flax_local._src.layers.nnx import regularization_loss as regularization_loss
+from flax_local._src.layers.nnx_transpose import LocallyConnected1DTranspose as LocallyConnected1DTranspose
+from flax_local._src.layers.nnx_transpose import LocallyConnected2DTranspose as LocallyConnected2DTranspose
+from flax_local._src.layers.nnx_transpose import LocallyConnected3DTranspose as LocallyConnected3DTranspose
 
 __all__ = [
     "LocallyConnected",
     "LocallyConnected1D",
+    "LocallyConnected1DTranspose",
     "LocallyConnected2D",
+    "LocallyConnected2DTranspose",
     "LocallyConnected3D",
+    "LocallyConnected3DTranspose",
     "RegularizationLoss",
     "apply_constraints",
     "regularization_loss",

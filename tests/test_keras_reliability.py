@@ -447,3 +447,25 @@ def test_nnx_modules_export_like_linen():
         ):
             for a, b in zip(got, want, strict=True):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_bias_settings_without_a_bias_are_dropped_as_keras_ignores_them():
+    """tf_keras serializes bias_* settings even with use_bias=False and never uses them."""
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((4, 6, 2)).astype(np.float32)
+    config = _config(
+        use_bias=False,
+        bias_constraint={"class_name": "NonNeg", "config": {}},
+        bias_regularizer={"class_name": "L2", "config": {"l2": 0.5}},
+        bias_initializer={"class_name": "Ones", "config": {}},
+    )
+    module, variables = fk.from_keras(config, [kernel], (6, 2))
+    assert not module.use_bias
+    assert module.bias_constraint is None and module.bias_regularizer is None
+    assert set(variables["params"]) == {"kernel"}
+    converted = np.asarray(variables["params"]["kernel"])
+    np.testing.assert_array_equal(converted, kernel.reshape(4, 3, 2, 2))  # (out, k * C, F) -> (out, k, C, F)
+    x = rng.standard_normal((3, 6, 2)).astype(np.float32)
+    np.testing.assert_allclose(
+        module.apply(variables, x), reference_locally_connected(x, converted), rtol=1e-5, atol=1e-5
+    )

@@ -212,6 +212,11 @@ def module_from_keras(
             dtype = None
     _check_dtypes(dtype, param_dtype, config.get("dtype"))
     cls = flax_local.LocallyConnected1D if rank == 1 else flax_local.LocallyConnected2D
+    use_bias = bool(config.get("use_bias", True))
+    if not use_bias:
+        # tf_keras serializes the bias settings even without a bias and never uses them; the layer
+        # would reject a bias constraint without a bias.
+        config = {k: v for k, v in config.items() if k not in _BIAS_SETTINGS}
     return cls(
         filters=layout.filters,
         kernel_size=layout.kernel_size,
@@ -219,7 +224,7 @@ def module_from_keras(
         padding=_flax_padding(layout),
         data_format=layout.data_format,
         activation=activation_from_keras(config.get("activation")),
-        use_bias=bool(config.get("use_bias", True)),
+        use_bias=use_bias,
         kernel_initializer=initializer_from_keras(
             config.get("kernel_initializer", "glorot_uniform"), "kernel_initializer"
         ),
@@ -245,6 +250,9 @@ def module_from_keras(
         dtype=dtype,
         param_dtype=param_dtype,
     )
+
+
+_BIAS_SETTINGS = ("bias_initializer", "bias_regularizer", "bias_constraint")
 
 
 def from_keras(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -117,7 +118,7 @@ class Geometry:
             index = index * self.input_spatial[d] + np.where(inside, coord, 0)
         return np.where(valid, index, 0), valid
 
-    def tap_rows(self, padding_row: int = 0):
+    def tap_rows(self, padding_row: int = 0) -> tuple[jax.Array, jax.Array | None]:
         """``input_coordinates`` computed by XLA at run time, as int32 gather indices.
 
         Built from the per-axis vectors of ``axis_taps`` with broadcasting jnp
@@ -128,10 +129,9 @@ class Geometry:
           padding_row: the row given to taps in the padding.
 
         Returns:
-          ``(rows, inside)``: int32 rows of shape ``(num_positions,
-          window_volume)`` (window offsets in row-major order of
-          ``kernel_size``), and the bool mask of taps inside the input, or None
-          when no tap reaches the padding.
+          A pair of the int32 rows, of shape ``(num_positions, window_volume)``
+          (window offsets in row-major order of ``kernel_size``), and the bool
+          mask of taps inside the input (None when no tap reaches the padding).
 
         Raises:
           ValueError: if the input has more positions than int32 indexes.

@@ -25,24 +25,22 @@ Non-finite inputs: ``"native"``, ``"patches"`` and ``"sparse"`` keep a NaN or
 ``"dense"`` multiplies every input by every matrix entry, zeros included, so
 one NaN or ``inf`` input makes every output of that example NaN (``0 * inf``);
 other examples of the batch are unaffected. That is why ``"auto"`` never
-picks ``"dense"`` on CPU, where it buys no speed: measured on 2 cores
-(float32, forward and training step), dense was 2x slower than patches
-already at wasted work 4 (a 0.56 MiB matrix) and at best level with it on
-tiny layers, where the native kernels are level with both (tens of
-microseconds). On GPU and TPU it is picked for small layers only, where a
+picks ``"dense"`` on CPU, where it is at best level with the other
+implementations on tiny layers and slower on every other
+(``benchmarks/EXPERIMENTS.md``, "Forward pass"). On GPU and TPU it is picked for small layers only, where a
 single matmul on the matrix units pays off; pass ``implementation="patches"``
 there for NaN-local outputs. Every implementation gives exactly zero for a
 tap that reads padding, whatever the kernel holds there.
 
-On CPU ``"native"`` ran the forward pass 2-6x and the training step 1.2-3x
-faster than ``"patches"`` on every benchmark case with AVX-512, and 1.5-5.0x
-and 1.5-3.1x with AVX2 (``benchmarks/RESULTS.md``).
+On CPU ``"native"`` is faster than ``"patches"`` on every benchmark case,
+forward and training step (``benchmarks/RESULTS.md``).
 
-On GPU (one H100, ``benchmarks/RESULTS.md``) ``"patches"`` was the fastest
-implementation's equal (within 10%) on every benchmark case; ``"dense"`` at
-264-271 MiB and 43-87x wasted work ran the training step 3.5-3.9x slower.
-The accelerator limits (64 MiB, 16x) are still unmeasured at their edge: no
-benchmark case falls under them.
+On GPU ``"patches"`` was the equal of every other XLA implementation on the
+benchmark cases, and ``"dense"`` far slower on large matrices
+(``benchmarks/EXPERIMENTS.md``, "On a GPU"); the accelerator limits of
+``DENSE_MAX_BYTES`` and ``DENSE_MAX_WASTE`` are not yet measured at their
+edge. ``"pallas"`` (fused GPU kernels) is not picked until a GPU run
+measures it (``benchmarks/gpu_check.sh``).
 
 With several devices ``"patches"`` stays the choice: XLA's SPMD partitioner
 splits its per-position products across a mesh (``flax_local.sharding``),
@@ -51,8 +49,8 @@ on an ``Explicit`` mesh, where the layer runs per device under ``shard_map``
 and the rule above applies to each device's share
 (``flax_local._src.data_parallel``).
 
-``"sparse"`` is never picked: a BCOO matmul is slower than both on every
-backend we measured; it exists for Keras parity and for users who want it.
+``"sparse"`` is never picked: a BCOO matmul is slower than both
+(``benchmarks/RESULTS.md``); it exists for Keras parity and for users who want it.
 
 Everything here works from static shapes with per-axis arithmetic: nothing of
 size positions x window is built to decide.

@@ -27,8 +27,9 @@ forward-over-reverse). With ``g`` the output cotangent per position:
   row-major with the contraction where XLA:CPU's matmul library wants it, and
   the result lands directly in the kernel's layout;
 * ``d_patches_t = kernel @ g^T``, the kernel read in place and ``g`` in
-  the same ``(positions, batch, filters)`` layout (measured as fast as a
-  batch-minor copy of ``g`` and one output-sized buffer smaller); ``d_x`` is
+  the same ``(positions, batch, filters)`` layout (one output-sized buffer
+  fewer than a batch-minor copy of ``g``, at the same speed:
+  ``benchmarks/EXPERIMENTS.md``, "Backward pass"); ``d_x`` is
   its fold, the transpose of the tangent's strided slices (interior pads
   summed), one fused loop instead of the scatter-add that transposing the
   gather would give. That is the CPU's layout; on an accelerator the
@@ -40,8 +41,8 @@ forward-over-reverse). With ``g`` the output cotangent per position:
   filters)``, where XLA reduces it in one fast pass.
 
 No step copies or transposes the kernel. On CPU, half-precision layers run in
-float32: measured with jax 0.10.2, XLA:CPU's bfloat16 forward is no faster and
-its bfloat16 training step 1.7x slower than converting to float32 first.
+float32, which XLA:CPU computes faster than bfloat16 (``benchmarks/EXPERIMENTS.md``,
+"Forward pass").
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def _gather_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.
 
     Padding is never built: taps in it read row 0 and are then zeroed by a
     select fused into the gather's loop. (A padded copy of the input would
-    be fused into that loop too, and XLA:CPU's gather over a fused ``pad`` ran
-    2-4x slower, measured.)
+    be fused into that loop too, and XLA:CPU's gather over a fused ``pad`` is
+    slower: ``benchmarks/EXPERIMENTS.md``, "Forward pass".)
     """
     rows = _input_rows(x, geometry, batch_minor)
     a, b = rows.shape[1:]

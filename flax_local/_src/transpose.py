@@ -12,9 +12,8 @@ profile:
   (``native.py``), so the three primitives stay closed under differentiation;
 * ``"patches"``: the reverse-mode pass of its ``custom_jvp``, one product per
   position then a fold made of interior pads; differentiating that gives
-  strided slices and products again (on CPU its training step was as fast as
-  or faster than a scatter-add or a gathered fold on most cases measured; the
-  gathered folds differentiate into scatter-adds: ``benchmarks/EXPERIMENTS.md``);
+  strided slices and products again (chosen over a scatter-add or a gathered
+  fold: ``benchmarks/EXPERIMENTS.md``, "The patches transpose");
 * ``"dense"`` and ``"sparse"``: the transposed matrix product.
 
 ``transpose_output_shape`` and ``transpose_geometry`` give the sizes of a

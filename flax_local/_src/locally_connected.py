@@ -60,13 +60,15 @@ def locally_connected(
       dilation_rate: spacing between window taps: an int or one per dimension.
       data_format: ``"channels_last"`` or ``"channels_first"``.
       implementation: ``"auto"`` or a name in the registry
-        (``flax_local._src.registry``): ``"native"``, ``"patches"``,
-        ``"dense"``, ``"sparse"`` (Keras's ``1``, ``2``, ``3`` are aliases of
-        ``"patches"``, ``"dense"``, ``"sparse"``). All give the same numbers
-        on finite inputs, and exactly zero for taps that read padding; see
-        the README for when each is fastest. ``"native"`` (fused C++ kernels,
-        CPU, float32 arithmetic) is built on first use and is what ``"auto"``
-        picks on a single-device CPU. A NaN or ``inf`` input reaches only
+        (``flax_local._src.registry``): ``"native"``, ``"pallas"``,
+        ``"patches"``, ``"dense"``, ``"sparse"`` (Keras's ``1``, ``2``, ``3``
+        are aliases of ``"patches"``, ``"dense"``, ``"sparse"``). All give the
+        same numbers on finite inputs, and exactly zero for taps that read
+        padding; the documentation's "Choosing an implementation" page says
+        when each is fastest. ``"native"`` (fused C++ kernels, CPU, float32
+        arithmetic) is what ``"auto"`` picks on a CPU; ``"pallas"`` (fused GPU
+        kernels; Pallas interpret mode elsewhere, slow) is only used when asked
+        for. A NaN or ``inf`` input reaches only
         the outputs whose windows read it, except under ``"dense"``, where it
         makes every output of its example NaN (``"auto"`` picks ``"dense"``
         only for small layers on GPU and TPU).

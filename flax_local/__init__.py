@@ -18,6 +18,9 @@ from flax_local._src.linen import LocallyConnected as LocallyConnected
 from flax_local._src.linen import LocallyConnected1D as LocallyConnected1D
 from flax_local._src.linen import LocallyConnected2D as LocallyConnected2D
 from flax_local._src.linen import LocallyConnected3D as LocallyConnected3D
+from flax_local._src.native_build import NativeKernels as NativeKernels
+from flax_local._src.native_build import NativeKernelsUnavailableWarning as NativeKernelsUnavailableWarning
+from flax_local._src.native_build import native_kernels as native_kernels
 from flax_local._src.regularizers import regularization_loss as regularization_loss
 
 __version__ = "0.1.0"
@@ -27,9 +30,12 @@ __all__ = [
     "LocallyConnected1D",
     "LocallyConnected2D",
     "LocallyConnected3D",
+    "NativeKernels",
+    "NativeKernelsUnavailableWarning",
     "constraints",
     "functional",
     "initializers",
+    "native_kernels",
     "regularization_loss",
     "regularizers",
 ]

@@ -7,15 +7,21 @@ from flax_local._src.geometry import Geometry as Geometry
 from flax_local._src.locally_connected import geometry as geometry
 from flax_local._src.locally_connected import locally_connected as locally_connected
 from flax_local._src.locally_connected import output_shape as output_shape
+from flax_local._src.native_build import NativeKernels as NativeKernels
+from flax_local._src.native_build import NativeKernelsUnavailableWarning as NativeKernelsUnavailableWarning
 from flax_local._src.native_build import NativeUnavailableError as NativeUnavailableError
+from flax_local._src.native_build import native_kernels as native_kernels
 
 __all__ = [
     "DEFAULT_MAX_MATRIX_BYTES",
     "Geometry",
+    "NativeKernels",
+    "NativeKernelsUnavailableWarning",
     "NativeUnavailableError",
     "choose_implementation",
     "geometry",
     "locally_connected",
+    "native_kernels",
     "native_usable",
     "output_shape",
 ]

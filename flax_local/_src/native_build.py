@@ -93,13 +93,18 @@ class NativeKernelsUnavailableWarning(UserWarning):
     Issued once per process, the first time ``"auto"`` chooses for a layer the
     kernels would run; the layer then uses ``"patches"`` (same numbers, slower).
     The message says why and how to get the kernels. Not issued when they were
-    disabled with ``FLAX_LOCAL_NATIVE=0``. Silence it with the standard filter:
+    disabled with ``FLAX_LOCAL_NATIVE=0``. Silence it with the standard filter
+    (``warnings.filterwarnings("ignore", category=...)``, or as below for a block).
 
     Example:
       >>> import warnings
+      >>> import jax.numpy as jnp
       >>> import flax_local
-      >>> warnings.filterwarnings("ignore", category=flax_local.NativeKernelsUnavailableWarning)
-      >>> warnings.resetwarnings()
+      >>> from flax_local.functional import choose_implementation, geometry
+      >>> with warnings.catch_warnings():
+      ...     warnings.simplefilter("ignore", category=flax_local.NativeKernelsUnavailableWarning)
+      ...     choose_implementation(geometry((28, 28), 3), 16, 32, jnp.float32, "cpu") in ("native", "patches")
+      True
     """
 
 

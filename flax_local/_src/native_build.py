@@ -321,10 +321,11 @@ def is_available() -> bool:
     """Whether the native kernels are loaded and registered (loading them if needed).
 
     ``implementation="auto"`` asks this before it picks the kernels; the first
-    time the answer rules them out (they are missing or damaged, or have no
-    fast vector path for this CPU), it warns once with
+    time they cannot be loaded (missing or damaged), it warns once with
     :class:`NativeKernelsUnavailableWarning`, unless ``FLAX_LOCAL_NATIVE``
-    disabled them or ``FLAX_LOCAL_NATIVE_PATH`` chose the path.
+    disabled them. (Loaded with only the ``"generic"`` path, on a CPU without
+    AVX2, they are available but ``"auto"`` prefers ``"patches"``: nothing is
+    missing, so nothing is said; :func:`native_kernels` gives the reason.)
 
     Returns:
       True when ``implementation="native"`` can run in this process.
@@ -342,12 +343,6 @@ def is_available() -> bool:
                 f"flax_local's native CPU kernels are unavailable, so 'auto' uses 'patches' (slower): {error}"
             )
         return False
-    if vector_path() not in FAST_VECTOR_PATHS and not os.environ.get("FLAX_LOCAL_NATIVE_PATH", "").strip():
-        _warn_once(
-            f"flax_local's native CPU kernels have no fast vector path for this CPU (loaded "
-            f"{vector_path()!r}; fast paths need AVX2 with FMA, or AVX-512), so 'auto' uses 'patches'. "
-            "implementation='native' still runs them."
-        )
     return True
 
 

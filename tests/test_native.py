@@ -532,12 +532,13 @@ def test_a_missing_library_warns_once_and_says_how_to_build_it(tmp_path):
 _NO_HOME = """
 import os, pathlib, subprocess
 os.environ.pop("HOME", None)
+import jax.numpy as jnp, numpy as np
+from flax_local.functional import locally_connected
+# From here on (the kernels load at the first "native" call), as with no passwd entry, and no processes.
 def refuse(*args, **kwargs):
     raise RuntimeError("Could not determine home directory")
 pathlib.Path.home = classmethod(refuse)
 subprocess.Popen.__init__ = refuse
-import jax.numpy as jnp, numpy as np
-from flax_local.functional import locally_connected
 x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32)
 k = np.random.default_rng(1).normal(size=(4, 4, 3, 3, 3, 5)).astype(np.float32)
 got = locally_connected(x, k, implementation="native")

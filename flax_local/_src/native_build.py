@@ -121,6 +121,12 @@ class NativeKernels:
       library: the library file loaded (or found and rejected); None when there is none.
       variant: the copy of the kernels in use: ``path``'s, or ``"native"`` for a
         ``-march=native`` copy built from source; None when unavailable.
+
+    Example:
+      >>> import flax_local
+      >>> kernels = flax_local.native_kernels()
+      >>> kernels.path in ("avx512", "avx2", "generic") if kernels.reason is None else kernels.path in (None, "generic")
+      True
     """
 
     path: str | None

@@ -151,6 +151,24 @@ QUICK_CASES = [
 """The cases of ``--quick`` (a CI smoke test: seconds, not a measurement)."""
 
 
+GPU_CASES = [
+    # The cases of the GPU issue (#25), at training batch sizes.
+    Case("face48", "48x48 feature map, 32 channels", 128, (48, 48), 32, 32, (3, 3)),
+    Case("face48_bf16", "48x48 feature map, bfloat16", 128, (48, 48), 32, 32, (3, 3), dtype="bfloat16"),
+    Case("mid28", "28x28 feature map, 64 channels", 256, (28, 28), 64, 64, (3, 3)),
+    Case("big112", "112x112 feature map, 64 channels (1.8 GB kernel)", 32, (112, 112), 64, 64, (3, 3)),
+    Case("seq1024", "1D sequence, window 9", 128, (1024,), 16, 32, (9,)),
+    Case("vol16", "3D volume", 64, (16, 16, 16), 16, 16, (3, 3, 3)),
+]
+"""The cases of the GPU benchmark (``benchmarks.gpu_run``)."""
+
+GPU_QUICK_CASES = [
+    Case("gpu_tiny2d", "tiny 2D smoke case, same padding", 3, (6, 5), 3, 5, (3, 3), padding="same"),
+    Case("gpu_tiny1d", "tiny 1D smoke case, bfloat16", 2, (12,), 4, 3, (3,), strides=(2,), dtype="bfloat16"),
+]
+"""The cases of ``benchmarks.gpu_run --quick`` (a CPU smoke test in interpret mode)."""
+
+
 def select(cases: list[Case], names: list[str] | None) -> list[Case]:
     """The cases named in ``names`` (all if None), in the order of ``cases``.
 
@@ -159,7 +177,7 @@ def select(cases: list[Case], names: list[str] | None) -> list[Case]:
     """
     if not names:
         return list(cases)
-    known = {c.name: c for c in [*FULL_CASES, *QUICK_CASES]}
+    known = {c.name: c for c in [*FULL_CASES, *QUICK_CASES, *GPU_CASES, *GPU_QUICK_CASES]}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown case(s) {unknown}; known: {sorted(known)}")

@@ -17,11 +17,12 @@ from flax import linen as nn
 
 import flax_local
 from benchmarks.cases import Case
-from flax_local._src.dense import dense_matrix_bytes, sparse_matrix_bytes
+from flax_local._src import registry
 from flax_local._src.geometry import make_geometry
 from flax_local.functional import choose_implementation
 
-FLAX_LOCAL_IMPLEMENTATIONS = ("native", "patches", "dense", "sparse", "auto")
+# Every implementation in the registry, and "auto".
+FLAX_LOCAL_IMPLEMENTATIONS = (*registry.NAMES, "auto")
 
 
 @dataclasses.dataclass
@@ -64,13 +65,11 @@ def auto_choice(case: Case) -> str:
 
 
 def matrix_bytes(case: Case, implementation: str) -> int:
-    """Bytes of the matrix ``"dense"`` or ``"sparse"`` builds (0 for the others)."""
-    geometry = geometry_of(case)
-    if implementation == "dense":
-        return dense_matrix_bytes(geometry, case.channels, case.filters, case.itemsize)
-    if implementation == "sparse":
-        return sparse_matrix_bytes(geometry, case.channels, case.filters, case.itemsize)
-    return 0
+    """Bytes of the matrix an implementation (or ``"auto"``'s pick) builds: its registry ``matrix_bytes``, or 0."""
+    entry = registry.get(auto_choice(case) if implementation == "auto" else implementation)
+    if entry.matrix_bytes is None:
+        return 0
+    return entry.matrix_bytes(geometry_of(case), case.channels, case.filters, case.itemsize, case.batch)
 
 
 def inputs(case: Case, seed: int = 0) -> tuple[jax.Array, np.ndarray, np.ndarray]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+from flax_local._src import registry
+
 MIB = 2**20
 DEFAULT = "flax_local:auto"
 BASELINE = "ConvLocal"
-EXPLICIT = ("flax_local:native", "flax_local:patches", "flax_local:dense", "flax_local:sparse")
+EXPLICIT = tuple(f"flax_local:{name}" for name in registry.NAMES)
 
 
 def _row(case: dict, impl: str, mode: str) -> dict | None:

@@ -7,8 +7,9 @@ Usage::
     python -m benchmarks.run --quick --json /tmp/smoke.json   # CI smoke test, < 1 min
     python -m benchmarks.run --cases keras_doc big56 --tf-python /path/to/python
 
-For every case, each flax_local implementation ("patches", "dense" and
-"sparse" where their matrix fits under ``--max-matrix-mib``, and "auto"),
+For every case, each flax_local implementation in the registry (those that
+build a matrix, "dense" and "sparse", where it fits under ``--max-matrix-mib``),
+and "auto",
 ConvLocal with the same weights, and tf_keras implementations 1/2/3 (in a
 subprocess, when a Python with tf_keras is available) are compiled and timed:
 forward and training step, median of at least ``--repeats`` calls after

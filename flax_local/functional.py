@@ -11,6 +11,9 @@ from flax_local._src.native_build import NativeKernels as NativeKernels
 from flax_local._src.native_build import NativeKernelsUnavailableWarning as NativeKernelsUnavailableWarning
 from flax_local._src.native_build import NativeUnavailableError as NativeUnavailableError
 from flax_local._src.native_build import native_kernels as native_kernels
+from flax_local._src.transpose import locally_connected_transpose as locally_connected_transpose
+from flax_local._src.transpose import transpose_geometry as transpose_geometry
+from flax_local._src.transpose import transpose_output_shape as transpose_output_shape
 
 __all__ = [
     "DEFAULT_MAX_MATRIX_BYTES",
@@ -21,7 +24,10 @@ __all__ = [
     "choose_implementation",
     "geometry",
     "locally_connected",
+    "locally_connected_transpose",
     "native_kernels",
     "native_usable",
     "output_shape",
+    "transpose_geometry",
+    "transpose_output_shape",
 ]

@@ -20,20 +20,20 @@ Example:
   [(6, 6, 2, 4, 4, 8), (4, 4, 8)]
 """
 
-from flax_local._src.keras_config import activation_from_keras as activation_from_keras
-from flax_local._src.keras_config import constraint_from_keras as constraint_from_keras
-from flax_local._src.keras_config import dtypes_from_keras as dtypes_from_keras
-from flax_local._src.keras_config import from_keras as from_keras
-from flax_local._src.keras_config import initializer_from_keras as initializer_from_keras
-from flax_local._src.keras_config import module_from_keras as module_from_keras
-from flax_local._src.keras_config import regularizer_from_keras as regularizer_from_keras
-from flax_local._src.keras_config import to_keras as to_keras
-from flax_local._src.keras_config import to_keras_config as to_keras_config
-from flax_local._src.keras_files import load_weights as load_weights
-from flax_local._src.keras_files import read_model_config as read_model_config
-from flax_local._src.keras_layouts import KerasLayout as KerasLayout
-from flax_local._src.keras_layouts import keras_output_shape as keras_output_shape
-from flax_local._src.keras_layouts import keras_padding as keras_padding
+from flax_local._src.keras.exporting import to_keras as to_keras
+from flax_local._src.keras.exporting import to_keras_config as to_keras_config
+from flax_local._src.keras.files import load_weights as load_weights
+from flax_local._src.keras.files import read_model_config as read_model_config
+from flax_local._src.keras.importing import from_keras as from_keras
+from flax_local._src.keras.importing import module_from_keras as module_from_keras
+from flax_local._src.keras.layouts import KerasLayout as KerasLayout
+from flax_local._src.keras.layouts import keras_output_shape as keras_output_shape
+from flax_local._src.keras.layouts import keras_padding as keras_padding
+from flax_local._src.keras.objects import activation_from_keras as activation_from_keras
+from flax_local._src.keras.objects import constraint_from_keras as constraint_from_keras
+from flax_local._src.keras.objects import dtypes_from_keras as dtypes_from_keras
+from flax_local._src.keras.objects import initializer_from_keras as initializer_from_keras
+from flax_local._src.keras.objects import regularizer_from_keras as regularizer_from_keras
 
 __all__ = [
     "KerasLayout",

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from flax_local._src import registry
 from flax_local.functional import locally_connected, output_shape
 
 RNG = np.random.default_rng(0)
@@ -197,19 +198,25 @@ def _dense_bytes(input_spatial, channels, output_spatial, filters, itemsize=4):
     return math.prod(input_spatial) * channels * math.prod(output_spatial) * filters * itemsize
 
 
-def _sparse_bytes_1d(size, kernel_size, positions, channels, filters, itemsize=4):
-    """Stored entries of the sparse matrix: value plus two int32 indices each (valid padding)."""
-    return positions * kernel_size * channels * filters * (itemsize + 8)
+def _sparse_bytes_1d(size, kernel_size, positions, channels, filters, itemsize=4, batch=2):
+    """Peak of "sparse" per stored entry (valid padding): its value, three products per
+    example (a training step), and two int32 indices on the host and in the program."""
+    return positions * kernel_size * channels * filters * (itemsize * (3 * batch + 1) + 16)
 
 
 @pytest.mark.parametrize("mode", ["eager", "jit", "eval_shape"])
-@pytest.mark.parametrize("implementation", ["dense", "sparse", 2, 3])
+@pytest.mark.parametrize(
+    "implementation",
+    [entry.name for entry in registry.IMPLEMENTATIONS if entry.matrix_bytes is not None]
+    + [alias for alias, name in registry.keras_aliases().items() if registry.get(name).matrix_bytes],
+)
 def test_max_matrix_bytes_too_small(implementation, mode):
-    name = {2: "dense", 3: "sparse"}.get(implementation, implementation)
+    name = registry.get(implementation).name
+    assert name in ("dense", "sparse"), "a new matrix-building implementation needs its expected size here"
     if name == "dense":
         needed = _dense_bytes((8, 8), 3, (6, 6), 4)
-    else:
-        needed = 36 * 9 * 3 * 4 * (4 + 8)  # positions * window * C * F * (value + 2 indices)
+    else:  # positions * window * C * F * (value + 3 products per example of 2 + 2 int32 indices twice)
+        needed = 36 * 9 * 3 * 4 * (4 * 7 + 16)
     match = rf"implementation='{name}' would build a .*MiB matrix \({needed} bytes\), over max_matrix_bytes=1000\b"
     kwargs = dict(implementation=implementation, max_matrix_bytes=1000)
     with pytest.raises(ValueError, match=match):

@@ -21,6 +21,7 @@ from flax import linen as nn
 from jax import lax
 from jax.test_util import check_grads
 
+from flax_local._src import registry
 from flax_local._src.geometry import make_geometry
 from flax_local.functional import choose_implementation, locally_connected, output_shape
 from tests.reference import (
@@ -30,8 +31,9 @@ from tests.reference import (
     resolve_padding,
 )
 
-IMPLEMENTATIONS = ("native", "patches", "dense", "sparse", "auto")
-EXPLICIT_IMPLEMENTATIONS = ("native", "patches", "dense", "sparse")
+# Every entry of the implementation registry, and "auto".
+EXPLICIT_IMPLEMENTATIONS = registry.NAMES
+IMPLEMENTATIONS = (*EXPLICIT_IMPLEMENTATIONS, "auto")
 HIGHEST = lax.Precision.HIGHEST
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -385,7 +387,11 @@ GRAD_CONFIGS = {
 # "native" computes in float32 only: tests/test_native.py checks its
 # derivatives against these float64 ones.
 GRAD_CASES = [
-    *(("2d-same-strided-dilated", impl, 1) for impl in EXPLICIT_IMPLEMENTATIONS if impl != "native"),
+    *(
+        ("2d-same-strided-dilated", impl, 1)
+        for impl in EXPLICIT_IMPLEMENTATIONS
+        if registry.get(impl).supports_dtype(np.float64)
+    ),
     ("1d-causal-dilated", "patches", 2),
     ("3d-explicit-negative", "patches", 1),
 ]
@@ -568,7 +574,7 @@ def test_bfloat16(seed):
 
 
 AUTO_CONFIGS = {
-    # A window covering most of a small 1D input: little waste, "dense" on CPU.
+    # A window covering most of a small 1D input: little waste, "dense" on GPU and TPU.
     "wide-window-1d": Config((6,), (3,), 1, 1, "same", "channels_last", (2,), 3, 4, True),
     # A small window on a larger 2D input: mostly zeros, "patches".
     "small-window-2d": Config((10, 10), (2, 2), 1, 1, "valid", "channels_last", (2,), 2, 3, True),
@@ -592,7 +598,11 @@ def test_auto_returns_the_same_numbers_as_patches(name):
 
 def test_auto_respects_max_matrix_bytes():
     """ "auto" must not pick an implementation that its own limit then rejects."""
-    config = AUTO_CONFIGS["wide-window-1d"]  # "auto" picks "dense" here (see above)
+    config = AUTO_CONFIGS["wide-window-1d"]  # "auto" picks "dense" here on TPU (see below)
+    geometry = _geometry(config)
+    args = (geometry, config.channels, config.filters, jnp.float32, "tpu")
+    assert choose_implementation(*args) == "dense"
+    assert choose_implementation(*args, max_dense_bytes=64) == "patches"
     x, kernel, bias = config.arrays(12)
     y = _apply(config, x, kernel, bias, "auto", max_matrix_bytes=64)
     expected = reference_locally_connected(x, kernel, bias, **config.reference_kwargs())
@@ -609,14 +619,18 @@ def _geometry(config: Config):
     )
 
 
-@pytest.mark.parametrize("native, expected", [(True, {"dense", "native"}), (False, {"dense", "patches"})])
-def test_auto_configs_cover_every_choice(native, expected):
+@pytest.mark.parametrize(
+    "backend, native, expected",
+    [("cpu", True, {"native"}), ("cpu", False, {"patches"}), ("tpu", True, {"dense", "patches"})],
+)
+def test_auto_configs_cover_every_choice(backend, native, expected):
+    """Never "dense" on CPU (it spreads a NaN input over its example, for no speed there)."""
     chosen = set()
     for config in AUTO_CONFIGS.values():
         geometry = _geometry(config)
         chosen.add(
             choose_implementation(
-                geometry, config.channels, config.filters, jnp.float32, "cpu", native=native
+                geometry, config.channels, config.filters, jnp.float32, backend, native=native
             )
         )
     assert chosen == expected
@@ -634,7 +648,8 @@ def test_implementation_aliases():
     """Keras's 1, 2, 3 and any capitalisation select the named implementations."""
     config = CONFIGS[8]
     x, kernel, bias = config.arrays(8)
-    aliases = {1: "patches", 2: "dense", 3: "sparse", "PaTcHeS": "patches", "DENSE": "dense"}
+    aliases = {**registry.keras_aliases(), "PaTcHeS": "patches", "DENSE": "dense"}
+    assert registry.keras_aliases() == {1: "patches", 2: "dense", 3: "sparse"}  # Keras's meaning
     ys = _apply_all(config, x, kernel, bias, (*aliases, *EXPLICIT_IMPLEMENTATIONS))
     expected = reference_locally_connected(x, kernel, bias, **config.reference_kwargs())
     for alias, name in aliases.items():
@@ -778,11 +793,12 @@ def test_max_matrix_bytes_exact_limit_is_allowed(implementation):
             * config.filters
             * 4
         )
-    else:  # float32 value + two int32 indices per stored (tap, channel, filter)
+    else:  # per stored (tap, channel, filter): float32 value, 3 products per example, 2 indices twice
         taps = reference_taps(
             config.input_spatial, config.kernel_size, config.strides, config.padding_pairs, config.dilation
         )
-        needed = taps * config.channels * config.filters * (4 + 8)
+        batch = max(math.prod(config.batch_shape), 1)
+        needed = taps * config.channels * config.filters * (4 * (3 * batch + 1) + 16)
     kwargs = dict(precision=HIGHEST, **config.layer_kwargs())
 
     @jax.jit

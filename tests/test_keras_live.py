@@ -164,3 +164,37 @@ def test_exported_norm_constraints_match_live_keras(implementation):
     again = fk.module_from_keras(layer.get_config(), shape)
     assert again.kernel_constraint == module.kernel_constraint
     assert again.bias_constraint == module.bias_constraint
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_load_h5_chain_through_shape_preserving_layers(tmp_path, sequential):
+    # Input -> LC(impl 2) -> Dropout -> BatchNormalization -> LC(impl 3): the
+    # .h5 file records only the Input's shape; the graph gives lc_sparse's.
+    layers = [
+        keras.layers.LocallyConnected2D(3, 3, padding="same", implementation=2, name="lc_dense"),
+        keras.layers.Dropout(0.5, name="drop"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Activation("relu", name="act"),
+        keras.layers.LocallyConnected2D(2, 2, strides=2, implementation=3, name="lc_sparse"),
+    ]
+    if sequential:
+        model = keras.Sequential([keras.Input((7, 6, 2)), *layers])
+    else:
+        inputs = h = keras.Input((7, 6, 2))
+        for layer in layers:
+            h = layer(h)
+        model = keras.Model(inputs, h)
+    rng = np.random.default_rng(7)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.get_weights()])
+    path = str(tmp_path / "model.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy-.h5 notice
+        model.save(path)
+    loaded = fk.load_weights(path)
+    assert list(loaded) == ["lc_dense", "lc_sparse"]
+    x = rng.standard_normal((2, 7, 6, 2)).astype(np.float32)
+    module, variables = loaded["lc_sparse"]
+    h = model.get_layer("act")(model.get_layer("bn")(model.get_layer("lc_dense")(x), training=False))
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, h.numpy()), model(x).numpy(), **TOL)
+    module, variables = loaded["lc_dense"]
+    np.testing.assert_allclose(module.apply(variables, x), model.get_layer("lc_dense")(x).numpy(), **TOL)

@@ -12,15 +12,13 @@ from collections.abc import Sequence
 from typing import Literal, TypeAlias
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 DataFormat: TypeAlias = Literal["channels_last", "channels_first"]
 PaddingLike: TypeAlias = str | Sequence[tuple[int, int]]
 IntOrSequence: TypeAlias = int | Sequence[int]
 
-IMPLEMENTATIONS = ("auto", "native", "patches", "dense", "sparse")
-# Keras's ``implementation=1, 2, 3`` name the same three formulations.
-_KERAS_IMPLEMENTATION_ALIASES = {1: "patches", 2: "dense", 3: "sparse"}
 _DATA_FORMATS = ("channels_last", "channels_first")
 _PADDING_NAMES = ("valid", "same", "causal")
 
@@ -63,15 +61,38 @@ def check_data_format(data_format: str) -> DataFormat:
 
 
 def check_implementation(implementation: str | int) -> str:
-    """Returns the canonical implementation name; Keras's 1, 2, 3 are accepted."""
+    """Returns the canonical implementation name, ``"auto"`` or one in the registry.
+
+    Names are case-insensitive; Keras's integer aliases (1, 2, 3) are accepted.
+    """
+    from flax_local._src import registry  # imports every implementation, which import this module
+
+    aliases = registry.keras_aliases()
+    names = ("auto", *registry.NAMES)
     if isinstance(implementation, int) and not isinstance(implementation, bool):
-        if implementation in _KERAS_IMPLEMENTATION_ALIASES:
-            return _KERAS_IMPLEMENTATION_ALIASES[implementation]
-    elif isinstance(implementation, str) and implementation.lower() in IMPLEMENTATIONS:
+        if implementation in aliases:
+            return aliases[implementation]
+    elif isinstance(implementation, str) and implementation.lower() in names:
         return implementation.lower()
     raise ValueError(
-        f"implementation must be one of {IMPLEMENTATIONS} or Keras's 1, 2, 3, got {implementation!r}."
+        f"implementation must be one of {names} or Keras's {', '.join(map(str, aliases))}, "
+        f"got {implementation!r}."
     )
+
+
+def check_floating_dtype(dtype, **operands) -> None:
+    """Raises unless the layer's ``dtype`` (the operands' common type) is floating point.
+
+    Every implementation computes in floating point; integer or bool layers
+    would otherwise fail deep inside XLA or silently truncate.
+    """
+    if not jnp.issubdtype(dtype, jnp.floating):
+        given = ", ".join(f"{name} {jnp.dtype(value.dtype)}" for name, value in operands.items())
+        raise ValueError(
+            f"locally_connected computes in floating point, but its operands ({given}) have "
+            f"common dtype {jnp.dtype(dtype)}; cast x or the kernel to a floating dtype "
+            f"(e.g. float32) first."
+        )
 
 
 def check_precision(precision: lax.PrecisionLike) -> None:

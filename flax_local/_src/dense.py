@@ -24,25 +24,36 @@ import numpy as np
 from jax import lax
 from jax.experimental import sparse
 
-from flax_local._src.geometry import Geometry
+from flax_local._src.geometry import INDEX_LIMIT, Geometry
 
 DEFAULT_MAX_MATRIX_BYTES = 1 << 30
 """Largest matrix (1 GiB) ``"dense"`` and ``"sparse"`` build unless told otherwise."""
 
 
-def dense_matrix_bytes(geometry: Geometry, channels: int, filters: int, itemsize: int) -> int:
-    """Bytes of the dense ``(input_size * C, positions * F)`` matrix."""
+def dense_matrix_bytes(geometry: Geometry, channels: int, filters: int, itemsize: int, batch: int = 1) -> int:
+    """Bytes of the dense ``(input_size * C, positions * F)`` matrix (whatever the batch)."""
+    del batch
     return math.prod(geometry.input_spatial) * channels * geometry.num_positions * filters * itemsize
 
 
-def sparse_matrix_bytes(geometry: Geometry, channels: int, filters: int, itemsize: int) -> int:
-    """Bytes of the BCOO matrix: values plus two int32 indices per stored entry."""
-    _, valid = geometry.input_coordinates()
-    return int(valid.sum()) * channels * filters * (itemsize + 8)
+def sparse_matrix_bytes(
+    geometry: Geometry, channels: int, filters: int, itemsize: int, batch: int = 1
+) -> int:
+    """Peak bytes of a ``"sparse"`` training step, the most it ever holds.
+
+    Per stored entry: two int32 indices on the host while building and again
+    in the program, its value, and the BCOO products, which gather one input
+    value per entry and example: one ``(batch, entries)`` array in the
+    forward pass and two more in the backward pass (measured with
+    ``memory_analysis``, ``tests/test_reliability.py``).
+    """
+    entries = geometry.num_connections * channels * filters
+    return entries * (itemsize * (3 * max(batch, 1) + 1) + 2 * 8)
 
 
-def _check_size(implementation: str, needed: int, limit: int) -> None:
-    if needed > limit:
+def check_size(implementation: str, needed: int, limit: int | None) -> None:
+    """Raises if ``needed`` bytes exceed ``limit`` (None: no limit)."""
+    if limit is not None and needed > limit:
         raise ValueError(
             f"implementation={implementation!r} would build a {needed / 2**20:.1f} MiB matrix "
             f"({needed} bytes), over max_matrix_bytes={limit}. Use implementation='patches' "
@@ -58,10 +69,10 @@ def _connections(geometry: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _connected_weights(
-    implementation: str, kernel: jax.Array, geometry: Geometry, channels: int, needed: int, limit: int
+    implementation: str, kernel: jax.Array, geometry: Geometry, channels: int, needed: int, limit: int | None
 ) -> tuple[np.ndarray, np.ndarray, jax.Array]:
     """Checks the size, then returns (input index, position, weights (n, C, F)) per connection."""
-    _check_size(implementation, needed, limit)
+    check_size(implementation, needed, limit)
     inputs, positions, offsets = _connections(geometry)
     filters = kernel.shape[-1]
     taps = kernel.reshape(geometry.num_positions, geometry.window_volume, channels, filters)
@@ -84,9 +95,13 @@ def apply_dense(
     bias: jax.Array | None,
     geometry: Geometry,
     precision: lax.PrecisionLike,
-    max_matrix_bytes: int,
+    max_matrix_bytes: int | None = None,
 ) -> jax.Array:
-    """Applies the layer to ``(batch, *spatial, C)`` with one dense matmul."""
+    """Applies the layer to ``(batch, *spatial, C)`` with one dense matmul.
+
+    ``max_matrix_bytes`` None builds without checking (``locally_connected``
+    checks through the registry's ``matrix_bytes`` hook first).
+    """
     channels, filters = x.shape[-1], kernel.shape[-1]
     needed = dense_matrix_bytes(geometry, channels, filters, jnp.dtype(kernel.dtype).itemsize)
     inputs, positions, weights = _connected_weights(
@@ -110,19 +125,31 @@ def apply_sparse(
     bias: jax.Array | None,
     geometry: Geometry,
     precision: lax.PrecisionLike,
-    max_matrix_bytes: int,
+    max_matrix_bytes: int | None = None,
 ) -> jax.Array:
-    """Applies the layer to ``(batch, *spatial, C)`` with one sparse matmul."""
+    """Applies the layer to ``(batch, *spatial, C)`` with one sparse matmul (unchecked if the limit is None)."""
     channels, filters = x.shape[-1], kernel.shape[-1]
-    needed = sparse_matrix_bytes(geometry, channels, filters, jnp.dtype(kernel.dtype).itemsize)
+    needed = sparse_matrix_bytes(geometry, channels, filters, jnp.dtype(kernel.dtype).itemsize, x.shape[0])
     inputs, positions, weights = _connected_weights(
         "sparse", kernel, geometry, channels, needed, max_matrix_bytes
     )
-    c, f = np.meshgrid(np.arange(channels), np.arange(filters), indexing="ij")
-    rows = (inputs[:, None, None] * channels + c[None]).reshape(-1)
-    cols = (positions[:, None, None] * filters + f[None]).reshape(-1)
+    for axis, size in (
+        ("rows", math.prod(geometry.input_spatial) * channels),
+        ("columns", geometry.num_positions * filters),
+    ):
+        if size > INDEX_LIMIT:
+            raise ValueError(
+                f"implementation='sparse' indexes its matrix with int32, but it would have {size} {axis} "
+                f"(over 2**31 - 1); use implementation='patches'."
+            )
+    # Built in int32 in place: one (entries, 2) array on the host, no int64 copies.
+    indices = np.empty((inputs.shape[0], channels, filters, 2), np.int32)
+    indices[..., 0] = (inputs.astype(np.int32) * np.int32(channels))[:, None, None]
+    indices[..., 0] += np.arange(channels, dtype=np.int32)[None, :, None]
+    indices[..., 1] = (positions.astype(np.int32) * np.int32(filters))[:, None, None]
+    indices[..., 1] += np.arange(filters, dtype=np.int32)[None, None, :]
     matrix = sparse.BCOO(
-        (weights.reshape(-1), jnp.asarray(np.stack([rows, cols], axis=-1).astype(np.int32))),
+        (weights.reshape(-1), jnp.asarray(indices.reshape(-1, 2))),
         shape=(math.prod(geometry.input_spatial) * channels, geometry.num_positions * filters),
         indices_sorted=False,
         unique_indices=True,

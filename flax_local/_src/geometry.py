@@ -14,9 +14,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from flax_local._src import arguments
+
+INDEX_LIMIT = 2**31 - 1
+"""Largest index an implementation may store in its int32 index arrays."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +62,39 @@ class Geometry:
     def window_volume(self) -> int:
         return math.prod(self.kernel_size)
 
+    def axis_taps(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Input coordinate read along dimension ``d`` by each (output index, kernel offset).
+
+        Returns:
+          ``(coord, inside)``, both of shape ``(output_spatial[d], kernel_size[d])``:
+          the unpadded coordinate (outside ``[0, input_spatial[d])`` for taps in
+          the padding) and whether it lies inside the input. A tap of the full
+          window is inside exactly when it is inside along every dimension, so
+          these per-axis arrays describe the layer without any array of size
+          positions x window.
+        """
+        out = np.arange(self.output_spatial[d], dtype=np.int64)[:, None]
+        taps = np.arange(self.kernel_size[d], dtype=np.int64)[None, :]
+        coord = out * self.strides[d] + taps * self.dilation[d] - self.padding[d][0]
+        return coord, (coord >= 0) & (coord < self.input_spatial[d])
+
+    @property
+    def num_connections(self) -> int:
+        """Number of (position, window offset) taps that read the input, not padding."""
+        return math.prod(int(self.axis_taps(d)[1].sum()) for d in range(self.rank))
+
+    @property
+    def reaches_padding(self) -> bool:
+        """Whether any tap reads padding."""
+        return self.num_connections < self.num_positions * self.window_volume
+
     def input_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
-        """Flat input index read by each (output position, kernel offset).
+        """Flat input index read by each (output position, kernel offset), in numpy.
+
+        Builds two ``(num_positions, window_volume)`` host arrays: only the
+        ``"dense"`` and ``"sparse"`` matrices, which hold one entry per
+        connection anyway, use it. Everything else uses ``axis_taps`` or
+        ``tap_rows``.
 
         Returns:
           ``(index, valid)``, both of shape ``(num_positions, window_volume)``.
@@ -80,6 +116,61 @@ class Geometry:
             valid &= inside
             index = index * self.input_spatial[d] + np.where(inside, coord, 0)
         return np.where(valid, index, 0), valid
+
+    def tap_rows(self, padding_row: int = 0):
+        """``input_coordinates`` computed by XLA at run time, as int32 gather indices.
+
+        Built from the per-axis vectors of ``axis_taps`` with broadcasting jnp
+        ops, so tracing holds nothing of size positions x window (XLA builds
+        it, or fuses it into the gather that reads it).
+
+        Args:
+          padding_row: the row given to taps in the padding.
+
+        Returns:
+          ``(rows, inside)``: int32 rows of shape ``(num_positions,
+          window_volume)`` (window offsets in row-major order of
+          ``kernel_size``), and the bool mask of taps inside the input, or None
+          when no tap reaches the padding.
+
+        Raises:
+          ValueError: if the input has more positions than int32 indexes.
+        """
+        check_index_range(self)
+        rank = self.rank
+        rows, inside = None, None
+        for d in range(rank):
+            coord, inside_d = self.axis_taps(d)
+            shape = [1] * (2 * rank)
+            shape[d], shape[rank + d] = coord.shape
+            coord = jnp.asarray(np.where(inside_d, coord, 0).astype(np.int32).reshape(shape))
+            rows = coord if rows is None else rows * np.int32(self.input_spatial[d]) + coord
+            if not inside_d.all():
+                inside_d = jnp.asarray(inside_d.reshape(shape))
+                inside = inside_d if inside is None else inside & inside_d
+        full, flat = (*self.output_spatial, *self.kernel_size), (self.num_positions, self.window_volume)
+        rows = jnp.broadcast_to(rows, full)
+        if inside is None:
+            # The barrier makes XLA materialise the small index array once,
+            # instead of recomputing it for every element the gather copies.
+            return lax.optimization_barrier(rows.reshape(flat)), None
+        inside = jnp.broadcast_to(inside, full)
+        rows = jnp.where(inside, rows, np.int32(padding_row))
+        return lax.optimization_barrier((rows.reshape(flat), inside.reshape(flat)))
+
+
+def check_index_range(geometry: Geometry) -> None:
+    """Raises unless every input position can be indexed by an int32.
+
+    Raises:
+      ValueError: if ``prod(input_spatial) > 2**31 - 1``.
+    """
+    size = math.prod(geometry.input_spatial)
+    if size > INDEX_LIMIT:
+        raise ValueError(
+            f"x has {size} spatial positions (spatial shape {geometry.input_spatial}), more than "
+            f"the 2**31 - 1 that the implementations' int32 indices can address; split the input."
+        )
 
 
 def resolve_padding(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flax_local._src import arguments
+from flax_local._src import arguments, data_parallel, registry
 from flax_local._src import geometry as geometry_lib
 from flax_local._src.auto import choose_implementation
-from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, apply_dense, apply_sparse
-from flax_local._src.native import apply_native
-from flax_local._src.patches import apply_patches
+from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES, check_size
 
 
 def locally_connected(
@@ -60,23 +59,32 @@ def locally_connected(
         (negative values crop). Strings are case-insensitive.
       dilation_rate: spacing between window taps: an int or one per dimension.
       data_format: ``"channels_last"`` or ``"channels_first"``.
-      implementation: ``"native"``, ``"patches"``, ``"dense"``, ``"sparse"``
-        or ``"auto"`` (Keras's ``1``, ``2``, ``3`` are aliases of
-        ``"patches"``, ``"dense"``, ``"sparse"``). All give the same numbers;
-        see the README for when each is fastest. ``"native"`` (fused C++
-        kernels, CPU, float32 arithmetic) is built on first use and is what
-        ``"auto"`` picks on a single-device CPU.
+      implementation: ``"auto"`` or a name in the registry
+        (``flax_local._src.registry``): ``"native"``, ``"patches"``,
+        ``"dense"``, ``"sparse"`` (Keras's ``1``, ``2``, ``3`` are aliases of
+        ``"patches"``, ``"dense"``, ``"sparse"``). All give the same numbers
+        on finite inputs, and exactly zero for taps that read padding; see
+        the README for when each is fastest. ``"native"`` (fused C++ kernels,
+        CPU, float32 arithmetic) is built on first use and is what ``"auto"``
+        picks on a single-device CPU. A NaN or ``inf`` input reaches only
+        the outputs whose windows read it, except under ``"dense"``, where it
+        makes every output of its example NaN (``"auto"`` picks ``"dense"``
+        only for small layers on GPU and TPU).
       precision: passed to the matrix products (``jax.lax.Precision``);
         ``"native"`` always multiplies in full float32.
-      max_matrix_bytes: the largest matrix ``"dense"`` or ``"sparse"`` may
-        build before raising (default ``DEFAULT_MAX_MATRIX_BYTES``, 1 GiB).
+      max_matrix_bytes: the most bytes ``"dense"`` or ``"sparse"`` may
+        allocate for their matrix (for ``"sparse"``, a training step's peak:
+        values, int32 indices and the ``(batch, entries)`` products) before raising
+        (default ``DEFAULT_MAX_MATRIX_BYTES``, 1 GiB).
 
     Returns:
       ``(*batch, *output_spatial, filters)`` for ``"channels_last"`` or
       ``(*batch, filters, *output_spatial)`` for ``"channels_first"``.
 
     Raises:
-      ValueError: at trace time, for any argument or shape that does not fit.
+      ValueError: at trace time, for any argument or shape that does not fit,
+        non-floating operands (bool, integer), or an input with more than
+        ``2**31 - 1`` spatial positions (the implementations index in int32).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -137,24 +145,45 @@ def locally_connected(
                 f"{(*geometry.output_spatial, filters)}, got {bias.shape}."
             )
     dtype = jnp.result_type(x, kernel, *([] if bias is None else [bias]))
+    arguments.check_floating_dtype(dtype, x=x, kernel=kernel, **({} if bias is None else {"bias": bias}))
+    geometry_lib.check_index_range(geometry)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     bias = None if bias is None else bias.astype(dtype)
+
+    # Batch-only sharding on an Explicit mesh: each device computes its share (data_parallel).
+    compute = functools.partial(
+        locally_connected,
+        strides=strides_t,
+        padding=padding_v,
+        dilation_rate=dilation_t,
+        data_format=data_format,
+        implementation=implementation,
+        precision=precision,
+        max_matrix_bytes=max_matrix_bytes,
+    )
+    y = data_parallel.run_data_parallel(compute, x, kernel, bias, rank=rank)
+    if y is not None:
+        return y
 
     limit = DEFAULT_MAX_MATRIX_BYTES if max_matrix_bytes is None else max_matrix_bytes
     if implementation == "auto":
         # Never picks a "dense" matrix that the caller's own limit would reject.
         implementation = choose_implementation(geometry, channels, filters, dtype, max_dense_bytes=limit)
-    x = x.reshape(math.prod(batch_shape), *x.shape[len(batch_shape) :])
+    entry = registry.get(implementation)
+    if not entry.supports_dtype(dtype):
+        raise ValueError(
+            f"implementation={entry.name!r} accepts layers of dtype "
+            f"{', '.join(str(d) for d in entry.dtypes or ())}, got {jnp.dtype(dtype)}; use "
+            f"implementation='patches' for other dtypes."
+        )
+    batch = math.prod(batch_shape)
+    if entry.matrix_bytes is not None:
+        itemsize = jnp.dtype(dtype).itemsize
+        check_size(entry.name, entry.matrix_bytes(geometry, channels, filters, itemsize, batch), limit)
+    x = x.reshape(batch, *x.shape[len(batch_shape) :])
     if channels_first:
         x = jnp.moveaxis(x, 1, -1)
-    if implementation == "native":
-        y = apply_native(x, kernel, bias, geometry)
-    elif implementation == "patches":
-        y = apply_patches(x, kernel, bias, geometry, precision)
-    elif implementation == "dense":
-        y = apply_dense(x, kernel, bias, geometry, precision, limit)
-    else:
-        y = apply_sparse(x, kernel, bias, geometry, precision, limit)
+    y = entry.apply(x, kernel, bias, geometry, precision)
     if channels_first:
         y = jnp.moveaxis(y, -1, 1)
     return y.reshape(*batch_shape, *y.shape[1:])

@@ -19,8 +19,9 @@ made of the others, and so is each one's transpose. So ``jit``, ``grad``,
 ``jvp``, ``vmap`` and every higher order of them work, with every derivative
 running through the same fused kernels (no patches array in memory, no fold:
 a position's window is gathered into cache, or read in place). The CPU lowering calls the FFI targets built by
-``native_build``; other platforms lower to a gather-and-einsum formulation of
-the same products, so a program using them still runs anywhere.
+``native_build``; other platforms, and every lowering for ``jax.export``,
+use a gather-and-einsum formulation of the same products, so a program using
+them still runs anywhere and exports to a portable artifact.
 
 The kernels compute in float32 with fused multiply-adds; ``precision`` has no
 effect. The weights ``w`` (and so ``dw``) may be float32 or bfloat16: bfloat16
@@ -51,11 +52,17 @@ def supports_dtype(dtype) -> bool:
     return jnp.dtype(dtype) in [jnp.dtype(d) for d in SUPPORTED_DTYPES]
 
 
-@functools.lru_cache(maxsize=256)
 def tap_rows(geometry: Geometry) -> np.ndarray:
-    """Input row read by each (position, window offset), -1 for padding: int32 ``(P, window_volume)``."""
-    rows, inside = geometry.input_coordinates()
-    return np.where(inside, rows, -1).astype(np.int32)
+    """Input row read by each (position, window offset), -1 for padding: int32 ``(P, window_volume)``.
+
+    A host copy of what the lowerings compute at run time (``_rows``), for tests.
+    """
+    return np.asarray(_rows(geometry))
+
+
+def _rows(geometry: Geometry) -> jax.Array:
+    """``tap_rows`` as jnp ops of per-axis vectors: nothing of size positions x window at trace time."""
+    return geometry.tap_rows(padding_row=-1)[0]
 
 
 def _group_count(*shapes) -> int:
@@ -177,30 +184,41 @@ def _forward_cpu(x, w, *bias, geometry, has_bias):
     if not has_bias:
         bias = (jnp.zeros((1, w.shape[1], w.shape[3]), jnp.float32),)
     call = jax.ffi.ffi_call(_target("forward", w.dtype), jax.ShapeDtypeStruct(out.shape, out.dtype))
-    return call(x, w, bias[0], jnp.asarray(tap_rows(geometry)))
+    return call(x, w, bias[0], _rows(geometry))
 
 
 def _kernel_grad_cpu(x, dy, *, geometry, weight_dtype):
     abstract = _kernel_grad_abstract(x, dy, geometry=geometry, weight_dtype=weight_dtype)
     outs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in abstract]
-    return jax.ffi.ffi_call(_target("kernel_grad", weight_dtype), outs)(
-        x, dy, jnp.asarray(tap_rows(geometry))
-    )
+    return jax.ffi.ffi_call(_target("kernel_grad", weight_dtype), outs)(x, dy, _rows(geometry))
 
 
 def _input_grad_cpu(dy, w, *, geometry):
     out = _input_grad_abstract(dy, w, geometry=geometry)
     call = jax.ffi.ffi_call(_target("input_grad", w.dtype), jax.ShapeDtypeStruct(out.shape, out.dtype))
-    return call(dy, w, jnp.asarray(tap_rows(geometry)))
+    return call(dy, w, _rows(geometry))
 
 
 def _reference_patches(x, geometry: Geometry):
     """``(Gx, B, P, K*C)`` windows of ``x (Gx, B, R, C)``, zero in the padding."""
-    rows = tap_rows(geometry)
-    patches = jnp.take(x, jnp.asarray(np.maximum(rows, 0)), axis=2)  # (Gx, B, P, K, C)
-    patches = jnp.where(jnp.asarray(rows >= 0)[..., None], patches, 0.0)
+    rows, inside = geometry.tap_rows()
+    patches = jnp.take(x, rows, axis=2)  # (Gx, B, P, K, C)
+    if inside is not None:
+        patches = jnp.where(inside[..., None], patches, 0.0)
     # Sizes spelled out: with an empty batch a -1 would divide by zero.
     return patches.reshape(*patches.shape[:3], rows.shape[1] * x.shape[-1])
+
+
+def _reference_weights(w, geometry: Geometry):
+    """``w (G, P, K*C, F)`` in float32, zero at taps in the padding (so an ``inf`` there adds 0, not NaN)."""
+    w = w.astype(jnp.float32)
+    _, inside = geometry.tap_rows()
+    if inside is None:
+        return w
+    groups, positions, k_total, filters = w.shape
+    w = w.reshape(groups, positions, geometry.window_volume, k_total // geometry.window_volume, filters)
+    w = jnp.where(inside[None, :, :, None, None], w, 0.0)
+    return w.reshape(groups, positions, k_total, filters)
 
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -209,7 +227,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def _forward_reference(x, w, *bias, geometry, has_bias):
     groups = _group_count(x.shape, w.shape, *(b.shape for b in bias))
     patches = _fit_groups(_reference_patches(x, geometry), groups)
-    w = _fit_groups(w.astype(jnp.float32), groups)
+    w = _fit_groups(_reference_weights(w, geometry), groups)
     y = jnp.einsum("gbpk,gpkf->gbpf", patches, w, precision=_HIGHEST)
     return y + bias[0][:, None] if has_bias else y
 
@@ -231,19 +249,42 @@ def _input_grad_reference(dy, w, *, geometry):
         _fit_groups(w.astype(jnp.float32), groups),
         precision=_HIGHEST,
     )
-    rows = tap_rows(geometry)
+    rows, inside = geometry.tap_rows()
     d_patches = d_patches.reshape(groups, batch, *rows.shape, channels)
-    d_patches = jnp.where(jnp.asarray(rows >= 0)[..., None], d_patches, 0.0)
+    if inside is not None:
+        d_patches = jnp.where(inside[..., None], d_patches, 0.0)
     dx = jnp.zeros((groups, batch, input_rows, channels), jnp.float32)
-    return dx.at[:, :, jnp.asarray(np.maximum(rows, 0))].add(d_patches)
+    return dx.at[:, :, rows].add(d_patches)
+
+
+def _cpu_lowering(kernel_fn, reference_fn, multiple_results: bool):
+    """The FFI call, or the portable reference when lowering for ``jax.export``.
+
+    An exported artifact must not hold custom calls without a compatibility
+    guarantee (jax refuses to serialize them), so an export gets the
+    gather-and-einsum formulation: the same numbers, runnable anywhere.
+    """
+    kernel_rule = mlir.lower_fun(kernel_fn, multiple_results=multiple_results)
+    reference_rule = mlir.lower_fun(reference_fn, multiple_results=multiple_results)
+
+    def rule(ctx, *args, **params):
+        if ctx.module_context.lowering_parameters.for_export:
+            return reference_rule(ctx, *args, **params)
+        return kernel_rule(ctx, *args, **params)
+
+    return rule
 
 
 mlir.register_lowering(forward_p, mlir.lower_fun(_forward_reference, multiple_results=False))
 mlir.register_lowering(kernel_grad_p, mlir.lower_fun(_kernel_grad_reference, multiple_results=True))
 mlir.register_lowering(input_grad_p, mlir.lower_fun(_input_grad_reference, multiple_results=False))
-mlir.register_lowering(forward_p, mlir.lower_fun(_forward_cpu, multiple_results=False), platform="cpu")
-mlir.register_lowering(kernel_grad_p, mlir.lower_fun(_kernel_grad_cpu, multiple_results=True), platform="cpu")
-mlir.register_lowering(input_grad_p, mlir.lower_fun(_input_grad_cpu, multiple_results=False), platform="cpu")
+mlir.register_lowering(forward_p, _cpu_lowering(_forward_cpu, _forward_reference, False), platform="cpu")
+mlir.register_lowering(
+    kernel_grad_p, _cpu_lowering(_kernel_grad_cpu, _kernel_grad_reference, True), platform="cpu"
+)
+mlir.register_lowering(
+    input_grad_p, _cpu_lowering(_input_grad_cpu, _input_grad_reference, False), platform="cpu"
+)
 
 # ----------------------------------------------------------------------------
 # Differentiation: each product's JVP and transpose are the other products
@@ -383,6 +424,7 @@ def apply_native(
     kernel: jax.Array,
     bias: jax.Array | None,
     geometry: Geometry,
+    precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
     """Applies the layer to channels-last ``x`` of shape ``(batch, *spatial, C)`` with the native kernels.
 
@@ -391,6 +433,8 @@ def apply_native(
       kernel: ``(*output_spatial, *kernel_size, C, filters)``, same dtype as x.
       bias: ``(*output_spatial, filters)`` or None, same dtype as x.
       geometry: the layer's geometry for this input size.
+      precision: ignored (the registry's common signature): the kernels always
+        multiply in full float32.
 
     Returns:
       Array of shape ``(batch, *output_spatial, filters)`` in x's dtype.
@@ -409,6 +453,7 @@ def apply_native(
       >>> apply_native(x, kernel, None, g).shape if is_available() else (2, 4, 4, 5)
       (2, 4, 4, 5)
     """
+    del precision
     dtype = jnp.dtype(x.dtype)
     if not supports_dtype(dtype):
         raise ValueError(

@@ -4,7 +4,9 @@ Forward: the input is viewed as rows ``(input_positions, batch, C)`` and one
 ``gather`` copies the ``window_volume`` rows each output position reads into
 patches ``(positions, batch, window * C)``, zeroing the taps that fall in the
 padding. The copy is exact in every dtype, and XLA emits it as a single
-loop. (``k ** d`` strided slices stacked together compute the same array but
+loop. The kernel's taps that read padding are zeroed too (a fused select,
+only when the padding is reached), so that an ``inf`` there contributes 0,
+not ``0 * inf``. (``k ** d`` strided slices stacked together compute the same array but
 become ``k ** d`` loops and a concatenation, twice the memory traffic;
 ``conv_general_dilated_patches`` builds them with a one-hot convolution whose
 cost grows with ``(window * C) ** 2`` and which rounds float32 on matrix
@@ -50,26 +52,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from flax_local._src.geometry import Geometry
-
-
-@functools.lru_cache(maxsize=256)
-def _window_rows(geometry: Geometry) -> tuple[np.ndarray, np.ndarray | None]:
-    """``Geometry.input_coordinates`` as gather indices.
-
-    Returns:
-      ``(rows, inside)``: the int32 row of the flattened input read by each
-      (position, window offset), shape ``(num_positions, window_volume)``,
-      offsets in row-major order of ``kernel_size`` (row 0 for taps in the
-      padding); and the bool mask of taps inside the input, None when no tap
-      reaches the padding.
-    """
-    rows, inside = geometry.input_coordinates()
-    return rows.astype(np.int32), (None if inside.all() else inside)
 
 
 def _input_rows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.Array:
@@ -91,7 +77,7 @@ def _gather_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.
     """
     rows = _input_rows(x, geometry, batch_minor)
     a, b = rows.shape[1:]
-    window_rows, inside = _window_rows(geometry)
+    window_rows, inside = geometry.tap_rows()
     # Output (P, a, K, b) for batch-major rows (a, b) = (B, C): the window axis
     # between batch and channels. For batch-minor rows (a, b) = (C, B) it is
     # (P, K, C, B): offsets before channels, batch last.
@@ -101,7 +87,7 @@ def _gather_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.
     )
     patches = lax.gather(
         rows,
-        jnp.asarray(window_rows)[..., None],
+        window_rows[..., None],
         dimension_numbers,
         slice_sizes=(1, a, b),
         indices_are_sorted=False,
@@ -110,7 +96,7 @@ def _gather_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.
     )
     if inside is not None:
         mask_shape = (*inside.shape, 1, 1) if batch_minor else (inside.shape[0], 1, inside.shape[1], 1)
-        patches = jnp.where(jnp.asarray(inside.reshape(mask_shape)), patches, jnp.zeros((), patches.dtype))
+        patches = jnp.where(inside.reshape(mask_shape), patches, jnp.zeros((), patches.dtype))
     if batch_minor:
         return patches.reshape(geometry.num_positions, geometry.window_volume * a, b)
     return patches.reshape(geometry.num_positions, a, geometry.window_volume * b)
@@ -132,10 +118,26 @@ def extract_patches(x: jax.Array, geometry: Geometry) -> jax.Array:
     return _gather_windows(x, geometry, batch_minor=False)
 
 
+def _weights(kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """The kernel as ``(positions, window * C, filters)``, zero at taps that read padding.
+
+    The patches are zero there, but ``0 * inf`` is NaN: zeroing the weights
+    too makes a padded tap contribute exactly zero whatever the kernel holds,
+    as in every other implementation. A select (fused by XLA) only where some
+    tap reaches the padding; otherwise a free reshape.
+    """
+    positions, window, (channels, filters) = geometry.num_positions, geometry.window_volume, kernel.shape[-2:]
+    weights = kernel.reshape(positions, window, channels, filters)
+    _, inside = geometry.tap_rows()
+    if inside is not None:
+        weights = jnp.where(inside[..., None, None], weights, jnp.zeros((), weights.dtype))
+    return weights.reshape(positions, window * channels, filters)
+
+
 def _forward(x, kernel, bias, geometry, precision):
     batch, filters = x.shape[0], kernel.shape[-1]
     patches = extract_patches(x, geometry)
-    weights = kernel.reshape(geometry.num_positions, -1, filters)
+    weights = _weights(kernel, geometry)
     y = lax.dot_general(
         patches, weights, (((2,), (1,)), ((0,), (0,))), precision=precision
     )  # (positions, batch, filters)
@@ -164,11 +166,13 @@ def _slice_windows(x: jax.Array, geometry: Geometry, batch_minor: bool) -> jax.A
         taps.append(
             lax.slice(x, start + [0, 0], limit + list(x.shape[rank:]), list(geometry.strides) + [1, 1])
         )
+    # Sizes spelled out: with an empty batch a -1 would divide by zero.
+    a, b = x.shape[rank:]
     if batch_minor:
         # (*out, K, C, B) -> (P, K * C, B)
-        return jnp.stack(taps, axis=rank).reshape(geometry.num_positions, -1, x.shape[-1])
+        return jnp.stack(taps, axis=rank).reshape(geometry.num_positions, geometry.window_volume * a, b)
     # (*out, B, K, C) -> (P, B, K * C)
-    return jnp.stack(taps, axis=rank + 1).reshape(geometry.num_positions, x.shape[rank], -1)
+    return jnp.stack(taps, axis=rank + 1).reshape(geometry.num_positions, a, geometry.window_volume * b)
 
 
 TANGENT_BATCH_MINOR: bool | None = None
@@ -210,7 +214,7 @@ def _locally_connected_jvp(geometry, precision, primals, tangents):
         # kernel in place and g as (P, B, F), and lands in (P, K*C, B); the
         # swap becomes the dot's operand order there, not a copy of g (checked
         # in the compiled training step). Forward mode pays one (P, B, F) swap.
-        weights = kernel.reshape(positions, -1, filters)
+        weights = _weights(kernel, geometry)
         if _tangent_batch_minor():
             patches_dot = _slice_windows(x_dot, geometry, batch_minor=True)
             term = lax.dot_general(weights, patches_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)
@@ -227,7 +231,7 @@ def _locally_connected_jvp(geometry, precision, primals, tangents):
         def kernel_term(x, kernel_dot):
             # (P, K*C, B) x (P, K*C, F) -> (P, B, F); transposed: patches_t @ g.
             patches_t = _gather_windows(x, geometry, batch_minor=True)
-            weights_dot = kernel_dot.reshape(positions, -1, filters)
+            weights_dot = kernel_dot.reshape(positions, math.prod(kernel_dot.shape[rank:-1]), filters)
             return lax.dot_general(patches_t, weights_dot, (((1,), (1,)), ((0,), (0,))), precision=precision)
 
         # Rematerialised: the backward pass regathers the patches from x

@@ -40,6 +40,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from flax_local._src import data_parallel
+
 BATCH_AXIS = "batch"
 """Logical name of the batch axis of activations (flax's usual name)."""
 
@@ -375,11 +377,18 @@ def call_on_any_mesh(
     ``jax.sharding.auto_axes``, so the SPMD partitioner chooses its
     communication (a halo exchange of input rows, never a kernel gather), and
     the output is typed as sharded like the batch axes of ``inputs`` and the
-    position and filter axes of ``kernel``.
+    position and filter axes of ``kernel``. When the types show replicated
+    ``kernel`` and ``bias`` and a batch-only sharded ``inputs``, ``compute``
+    runs per device under ``shard_map`` instead (``flax_local._src.data_parallel``),
+    so that ``"auto"`` keeps the fused kernels.
     """
     mesh = _explicit_mesh(inputs, kernel, bias)
     if mesh is None:
         return compute(inputs, kernel, bias)
+    # Batch-only sharding: each device computes its share (flax_local._src.data_parallel).
+    y = data_parallel.run_data_parallel(compute, inputs, kernel, bias, rank=rank)
+    if y is not None:
+        return y
     x_spec, k_spec = _spec_of(inputs), _spec_of(kernel)
     num_batch = inputs.ndim - rank - 1
     batch, positions, filters = x_spec[:num_batch], k_spec[:rank], k_spec[-1]

@@ -40,16 +40,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from flax_local import functional
+from flax_local._src import arguments
+
 IMPLEMENTATIONS = (1, 2, 3)
-
-
-def _tuple(value: int | Sequence[int], rank: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)):
-        return (int(value),) * rank
-    values = tuple(int(v) for v in value)
-    if len(values) != rank:
-        raise ValueError(f"{name} must have {rank} entries, got {tuple(value)!r}.")
-    return values
 
 
 def _check_padding_name(padding: str) -> str:
@@ -134,28 +128,6 @@ def keras_padding(
     return tuple(pairs)
 
 
-def _connectivity(
-    input_spatial: tuple[int, ...],
-    kernel_size: tuple[int, ...],
-    strides: tuple[int, ...],
-    pads: tuple[tuple[int, int], ...],
-    out_spatial: tuple[int, ...],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flat input index and validity of every (output position, tap), row-major."""
-    rank = len(input_spatial)
-    positions, taps = math.prod(out_spatial), math.prod(kernel_size)
-    index = np.zeros((positions, taps), np.int64)
-    valid = np.ones((positions, taps), bool)
-    out_grid = np.indices(out_spatial).reshape(rank, -1)
-    tap_grid = np.indices(kernel_size).reshape(rank, -1)
-    for d in range(rank):
-        coord = out_grid[d][:, None] * strides[d] + tap_grid[d][None, :] - pads[d][0]
-        inside = (coord >= 0) & (coord < input_spatial[d])
-        valid &= inside
-        index = index * input_spatial[d] + np.where(inside, coord, 0)
-    return np.where(valid, index, 0), valid
-
-
 class KerasLayout:
     """Geometry of one tf_keras LocallyConnected layer applied to one input shape.
 
@@ -184,29 +156,28 @@ class KerasLayout:
         padding: str = "valid",
         data_format: str = "channels_last",
     ):
-        input_shape = tuple(int(v) for v in input_shape)
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}.")
+        data_format = arguments.check_data_format(data_format)
+        if not isinstance(input_shape, Sequence) or len(input_shape) < 2:
+            raise ValueError(f"input_shape must be (*spatial, C) or (C, *spatial), got {input_shape!r}.")
         rank = len(input_shape) - 1
-        if rank < 1:
-            raise ValueError(f"input_shape must be (*spatial, C) or (C, *spatial), got {input_shape}.")
+        input_shape = arguments.to_tuple(input_shape, rank + 1, "input_shape")
         self.rank = rank
         self.data_format = data_format
         if data_format == "channels_last":
             self.in_spatial, self.in_channels = input_shape[:-1], input_shape[-1]
         else:
             self.in_spatial, self.in_channels = input_shape[1:], input_shape[0]
-        self.filters = int(filters)
-        self.kernel_size = _tuple(kernel_size, rank, "kernel_size")
-        self.strides = _tuple(strides, rank, "strides")
-        if any(s < 1 for s in self.strides):
-            raise ValueError(f"strides must be >= 1, got {self.strides}.")
+        self.filters = arguments.check_positive(filters, "filters")
+        self.kernel_size = arguments.to_tuple(kernel_size, rank, "kernel_size")
+        self.strides = arguments.to_tuple(strides, rank, "strides")
         self.padding = _check_padding_name(padding)
         self.out_spatial = keras_output_shape(self.in_spatial, self.kernel_size, self.strides, self.padding)
         self.pads = keras_padding(self.in_spatial, self.kernel_size, self.strides, self.padding)
-        self.index, self.valid = _connectivity(
-            self.in_spatial, self.kernel_size, self.strides, self.pads, self.out_spatial
+        # Keras's windows are flax_local's with these explicit pads: the same coordinates.
+        geometry = functional.geometry(
+            self.in_spatial, self.kernel_size, strides=self.strides, padding=self.pads
         )
+        self.index, self.valid = (np.asarray(a) for a in geometry.input_coordinates())
 
     @property
     def channels_first(self) -> bool:
@@ -234,7 +205,7 @@ class KerasLayout:
 
     def kernel_shape(self, implementation: int) -> tuple[int, ...]:
         """The shape of Keras's kernel for ``implementation`` 1, 2 or 3."""
-        implementation = check_implementation(implementation, self.padding)
+        implementation = check_keras_implementation(implementation, self.padding)
         c, f = self.in_channels, self.filters
         if implementation == 1:
             return (self.num_positions, self.window_volume * c, f)
@@ -273,7 +244,7 @@ class KerasLayout:
         Taps that fall into padding (``padding="same"``) get zeros: they
         multiply zeros anyway. Junk outside implementation 2's mask is dropped.
         """
-        implementation = check_implementation(implementation, self.padding)
+        implementation = check_keras_implementation(implementation, self.padding)
         kernel = np.asarray(kernel)
         expected = self.kernel_shape(implementation)
         if kernel.shape != expected:
@@ -310,7 +281,7 @@ class KerasLayout:
         Implementation 2's entries outside the connectivity mask are zeros.
         Our taps that read padding are dropped (Keras has no such weights).
         """
-        implementation = check_implementation(implementation, self.padding)
+        implementation = check_keras_implementation(implementation, self.padding)
         kernel = np.asarray(kernel)
         if kernel.shape != self.our_kernel_shape():
             raise ValueError(f"kernel must have shape {self.our_kernel_shape()}, got {kernel.shape}.")
@@ -369,7 +340,7 @@ class KerasLayout:
         return bias
 
 
-def check_implementation(implementation: int, padding: str = "valid") -> int:
+def check_keras_implementation(implementation: int, padding: str = "valid") -> int:
     """Validates a Keras ``implementation`` (1, 2, 3) against ``padding``."""
     if isinstance(implementation, bool) or implementation not in IMPLEMENTATIONS:
         raise ValueError(f"Keras implementation must be 1, 2 or 3, got {implementation!r}.")

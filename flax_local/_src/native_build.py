@@ -58,9 +58,9 @@ VECTOR_PATHS = ("avx512", "avx2", "generic")
 FAST_VECTOR_PATHS = ("avx512", "avx2")
 """The vector code with hand-written loads, stores and transposes (``simd.h``):
 AVX-512 (F, VL, BW, DQ, CD), or AVX2 with FMA. The ``"generic"`` copy, the
-only one on other CPUs, gives the same results, measured 12-32x slower than
-the AVX2 code on an AVX2-only machine (training steps of keras_doc, mnist16,
-stride2, big56), so ``"auto"`` does not pick the kernels there."""
+only one on other CPUs, gives the same results many times slower
+(``benchmarks/EXPERIMENTS.md``, "On an AVX2-only CPU"), so ``"auto"`` does not
+pick the kernels there."""
 _DISABLING_VALUES = ("0", "false", "off", "no")
 
 _lock = threading.Lock()

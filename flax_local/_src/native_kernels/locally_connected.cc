@@ -329,7 +329,7 @@ FLAX_LOCAL_HANDLERS(Bf16, ffi::BF16)
 extern "C" int64_t FLAX_LOCAL_SYMBOL(FlaxLocalStreamThresholdBytes)() { return flax_local::StreamThresholdBytes(); }
 
 // The vector code the kernels were built with: "avx512", "avx2" or "generic"
-// (the compiler's own code for 16-float vectors, correct but 12-32x
+// (the compiler's own code for 16-float vectors, correct but many times
 // slower; "auto" does not pick the kernels then).
 extern "C" const char* FLAX_LOCAL_SYMBOL(FlaxLocalVectorPath)() {
 #if defined(FLAX_LOCAL_SIMD_AVX512)

@@ -41,7 +41,7 @@ def describe() -> dict:
         native_kernels = f"unavailable: {error}"
     backend = jax.default_backend()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": None if memory is None else round(memory / 2**30, 1),

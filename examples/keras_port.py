@@ -1,9 +1,9 @@
 """Port a tf_keras model with LocallyConnected layers to JAX, then fine-tune it.
 
-Needs the ``keras`` extra (TensorFlow and tf_keras), only to build and save the
+Needs the ``keras-live`` extra (TensorFlow and tf_keras), only to build and save the
 Keras model: flax_local reads the saved file with h5py alone.
 
-    pip install -e ".[keras]"
+    pip install -e ".[keras-live]"
     python examples/keras_port.py
 
 Steps:

@@ -27,6 +27,9 @@ from flax_local._src.layers.linen import LocallyConnected3D as LocallyConnected3
 from flax_local._src.layers.linen_transpose import LocallyConnected1DTranspose as LocallyConnected1DTranspose
 from flax_local._src.layers.linen_transpose import LocallyConnected2DTranspose as LocallyConnected2DTranspose
 from flax_local._src.layers.linen_transpose import LocallyConnected3DTranspose as LocallyConnected3DTranspose
+from flax_local._src.native_build import NativeKernels as NativeKernels
+from flax_local._src.native_build import NativeKernelsUnavailableWarning as NativeKernelsUnavailableWarning
+from flax_local._src.native_build import native_kernels as native_kernels
 from flax_local._src.regularizers import regularization_loss as regularization_loss
 
 __version__ = "0.1.0"
@@ -55,11 +58,14 @@ __all__ = [
     "LocallyConnected2DTranspose",
     "LocallyConnected3D",
     "LocallyConnected3DTranspose",
+    "NativeKernels",
+    "NativeKernelsUnavailableWarning",
     "constraints",
     "conv_local_kernel",
     "from_conv_local",
     "functional",
     "initializers",
+    "native_kernels",
     "regularization_loss",
     "regularizers",
 ]

@@ -1,4 +1,4 @@
-"""examples/keras_port.py runs end to end where tf_keras is installed (the keras extra)."""
+"""examples/keras_port.py runs end to end where tf_keras is installed (the keras-live extra)."""
 
 import importlib.util
 import pathlib

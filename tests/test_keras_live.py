@@ -1,6 +1,6 @@
 """flax_local.keras against live tf_keras; skipped where tf_keras is not installed.
 
-Run with ``pip install -e .[keras]`` (TensorFlow in the environment).
+Run with ``pip install -e .[keras-live]`` (TensorFlow in the environment).
 """
 
 from __future__ import annotations

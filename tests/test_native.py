@@ -6,7 +6,8 @@ that exercise every tile size and tail of the C++ kernels, every derivative
 rule (first and second order, forward and reverse mode) against the float64
 derivatives of ``"patches"`` (themselves checked by finite differences), every
 batching rule, the gather-and-einsum lowering used off CPU, concurrent calls,
-and building, caching and failing to build the kernels.
+and loading the installed kernels: choosing a copy, refusing a damaged
+library, running without a home directory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,8 @@ from flax_local.functional import locally_connected
 from tests.reference import reference_locally_connected, resolve_padding
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("FLAX_LOCAL_NATIVE") == "0", reason="native kernels disabled by FLAX_LOCAL_NATIVE=0"
+    os.environ.get("FLAX_LOCAL_NATIVE", "").strip().lower() in ("0", "false", "off", "no"),
+    reason="native kernels disabled by FLAX_LOCAL_NATIVE",
 )
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -49,8 +52,8 @@ def _on_the_cpu_device():
         yield
 
 
-def test_kernels_build_on_this_machine():
-    """CI has a C++ compiler: the native path must really run there, not be skipped."""
+def test_kernels_are_installed_on_this_machine():
+    """CI installs with a C++ compiler: the native path must really run there, not be skipped."""
     native_build.ensure_loaded()
     assert native_build.is_available()
 
@@ -378,12 +381,33 @@ def _run_python(code: str, **env) -> subprocess.CompletedProcess:
     )
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (none known where /proc/cpuinfo is missing)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            line = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.split(":", 1)[-1].split())
+
+
+def _x86_linux() -> bool:
+    return os.uname().machine in ("x86_64", "AMD64") and pathlib.Path("/proc/cpuinfo").exists()
+
+
 _PROBE = """
+import warnings
 import jax.numpy as jnp
 from flax_local._src import native_build
 from flax_local.functional import NativeUnavailableError, geometry, choose_implementation, locally_connected
-print("available", native_build.is_available())
-print("auto", choose_implementation(geometry((28, 28), 3), 16, 32, jnp.float32))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print("available", native_build.is_available())
+    print("auto", choose_implementation(geometry((28, 28), 3), 16, 32, jnp.float32))
+    print("auto", choose_implementation(geometry((28, 28), 3), 16, 32, jnp.float32))
+print("warnings", [w.category.__name__ for w in caught])
+for w in caught:
+    print("warning", w.message)
 try:
     locally_connected(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 3, 3, 2, 4)), implementation="native")
 except NativeUnavailableError as error:
@@ -392,56 +416,143 @@ except NativeUnavailableError as error:
 
 
 def test_disabled_falls_back_to_patches_and_explains():
-    result = _run_python(_PROBE, FLAX_LOCAL_NATIVE="0")
-    assert result.returncode == 0, result.stderr
-    assert "available False" in result.stdout
-    assert "auto patches" in result.stdout
-    assert "error disabled by FLAX_LOCAL_NATIVE=0" in result.stdout
+    """``FLAX_LOCAL_NATIVE`` set to 0, false, off or no (any case) disables the kernels, without a warning."""
+    for value in ("0", "false", "OFF", "No"):
+        result = _run_python(_PROBE, FLAX_LOCAL_NATIVE=value)
+        assert result.returncode == 0, result.stderr
+        assert "available False" in result.stdout, value
+        assert "auto patches" in result.stdout
+        assert "warnings []" in result.stdout
+        assert f"error disabled by FLAX_LOCAL_NATIVE={value}." in result.stdout
 
 
-def test_failed_build_quotes_the_compiler(tmp_path):
-    result = _run_python(_PROBE, CXX="false", FLAX_LOCAL_CACHE_DIR=str(tmp_path))
+def test_enabled_values_keep_the_kernels():
+    result = _run_python(_PROBE, FLAX_LOCAL_NATIVE="1")
+    assert "available True" in result.stdout, result.stderr
+    assert "error" not in result.stdout
+
+
+def test_the_installed_kernels_load_without_a_warning():
+    """The normal path: the installed library loads, with a fast path where this CPU has one, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native_build.is_available()
+        kernels = native_build.native_kernels()
+    assert kernels.path == native_build.vector_path() and kernels.library is not None
+    assert pathlib.Path(kernels.library).name == native_build.LIBRARY_NAME
+    assert kernels.variant in ("native", kernels.path)
+    if _cpu_flags() >= {"avx2", "fma"}:
+        assert kernels.path in native_build.FAST_VECTOR_PATHS and kernels.reason is None
+
+
+def _best_path(flags: set[str]) -> str:
+    if flags >= {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512cd", "avx2", "fma", "bmi2"}:
+        return "avx512"
+    return "avx2" if flags >= {"avx2", "fma", "bmi2"} else "generic"
+
+
+@pytest.mark.skipif(not _x86_linux(), reason="reads the x86 CPU flags from /proc/cpuinfo")
+def test_dispatch_picks_the_best_path_this_cpu_runs():
+    """The vector code the old ``-march=native`` build chose here: AVX-512 where the CPU has it, else AVX2."""
+    kernels = native_build.native_kernels()
+    if kernels.variant == "native":
+        pytest.skip("a -march=native build (FLAX_LOCAL_MARCH_NATIVE=1) prefers its own copy")
+    assert kernels.path == _best_path(_cpu_flags())
+
+
+def _library_copy(tmp_path, damage) -> dict[str, str]:
+    """A copy of the installed library (and its checksum record) damaged by ``damage(bytes) -> bytes``."""
+    library = pathlib.Path(native_build.native_kernels().library)
+    copy = tmp_path / library.name
+    copy.write_bytes(damage(library.read_bytes()))
+    record = library.with_name(library.name + ".sha256")
+    if record.exists() and damage.__name__ != "without_record":
+        shutil.copy(record, tmp_path / record.name)
+    return {"FLAX_LOCAL_NATIVE_LIBRARY": str(copy)}
+
+
+def half(data):
+    return data[: len(data) // 2]
+
+
+def without_record(data):
+    return data[: len(data) // 2]
+
+
+def empty(data):
+    return b""
+
+
+def garbage(data):
+    return np.random.default_rng(0).bytes(4096)
+
+
+def flipped(data):
+    return data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (half, "bytes, "),
+        (without_record, "the file is truncated"),
+        (empty, "the file is empty"),
+        (garbage, "not a shared library"),
+        (flipped, "SHA-256 differs"),
+    ],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+def test_a_damaged_library_is_refused_before_it_is_mapped(tmp_path, damage, message):
+    """A truncated library would kill the process (SIGBUS) inside ctypes: it is checked first.
+
+    ``"auto"`` then uses ``"patches"`` and warns once; ``"native"`` raises
+    ``NativeUnavailableError`` naming the file.
+    """
+    env = _library_copy(tmp_path, damage)
+    if damage is flipped and not (tmp_path / (native_build.LIBRARY_NAME + ".sha256")).exists():
+        pytest.skip("the installed library has no checksum record")
+    result = _run_python(_PROBE, **env)
     assert result.returncode == 0, result.stderr
     assert "available False" in result.stdout and "auto patches" in result.stdout
-    assert "error compiling the native kernels failed (false -O3" in result.stdout
-    result = _run_python(_PROBE, CXX="no-such-compiler", FLAX_LOCAL_CACHE_DIR=str(tmp_path))
-    assert "error no C++ compiler: CXX='no-such-compiler' is not on PATH" in result.stdout
+    assert "warnings ['NativeKernelsUnavailableWarning']" in result.stdout
+    assert f"error the kernels' library {env['FLAX_LOCAL_NATIVE_LIBRARY']} is damaged" in result.stdout
+    assert message in result.stdout
 
 
-def test_build_is_cached(tmp_path):
-    """The first process builds the library into the cache; the next one only loads it."""
-    first = _run_python(_PROBE, FLAX_LOCAL_CACHE_DIR=str(tmp_path))
-    fast = native_build.vector_path() in native_build.FAST_VECTOR_PATHS
-    assert "available True" in first.stdout, first.stderr
-    assert ("auto native" if fast else "auto patches") in first.stdout
-    (library,) = tmp_path.glob("locally_connected_*.so")
-    built = library.stat().st_mtime_ns
-    second = _run_python(_PROBE, FLAX_LOCAL_CACHE_DIR=str(tmp_path))
-    assert "available True" in second.stdout, second.stderr
-    assert library.stat().st_mtime_ns == built
-    assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no temporary files left
+def test_a_missing_library_warns_once_and_says_how_to_build_it(tmp_path):
+    result = _run_python(_PROBE, FLAX_LOCAL_NATIVE_LIBRARY=str(tmp_path / native_build.LIBRARY_NAME))
+    assert result.returncode == 0, result.stderr
+    assert "available False" in result.stdout and "auto patches" in result.stdout
+    assert "warnings ['NativeKernelsUnavailableWarning']" in result.stdout
+    assert "flax_local was installed without its native CPU kernels" in result.stdout
+    assert "C++17 compiler and CMake" in result.stdout
+    assert "error flax_local was installed without" in result.stdout
 
 
-def test_cache_key_covers_every_header(tmp_path, monkeypatch):
-    """Every file the kernels include is hashed, so editing any of them rebuilds the library."""
-    source = native_build.SOURCE
-    included = set()
-    for path in [source, *(source.parent / h for h in native_build.HEADERS)]:
-        included |= {
-            line.split('"')[1]
-            for line in path.read_text().splitlines()
-            if line.startswith('#include "') and not line.startswith('#include "xla/')
-        }
-    assert included == set(native_build.HEADERS)
-    kernels = tmp_path / "native_kernels"
-    shutil.copytree(source.parent, kernels)
-    monkeypatch.setattr(native_build, "SOURCE", kernels / source.name)
-    compiler = native_build._compiler()
-    keys = {native_build._library_path(compiler)}
-    for header in native_build.HEADERS:
-        (kernels / header).write_text((kernels / header).read_text() + "\n// edited\n")
-        keys.add(native_build._library_path(compiler))
-    assert len(keys) == 1 + len(native_build.HEADERS)
+_NO_HOME = """
+import os, pathlib, subprocess
+os.environ.pop("HOME", None)
+import jax.numpy as jnp, numpy as np
+from flax_local.functional import locally_connected
+# From here on (the kernels load at the first "native" call), as with no passwd entry, and no processes.
+def refuse(*args, **kwargs):
+    raise RuntimeError("Could not determine home directory")
+pathlib.Path.home = classmethod(refuse)
+subprocess.Popen.__init__ = refuse
+x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32)
+k = np.random.default_rng(1).normal(size=(4, 4, 3, 3, 3, 5)).astype(np.float32)
+got = locally_connected(x, k, implementation="native")
+want = locally_connected(x, k, implementation="patches", precision="highest")
+np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+print("native ok")
+"""
+
+
+def test_loading_needs_no_home_directory_and_no_subprocess():
+    """A container with an arbitrary UID has no ``$HOME`` and no passwd entry; nothing is compiled either."""
+    result = _run_python(_NO_HOME)
+    assert result.returncode == 0, result.stderr
+    assert "native ok" in result.stdout
 
 
 _KERNEL_GRADIENTS = """
@@ -523,42 +634,28 @@ print("portable ok")
 """
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags (none known where /proc/cpuinfo is missing)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            line = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return set()
-    return set(line.split(":", 1)[-1].split())
+@pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
+def test_every_vector_path_is_correct(path):
+    """Each copy of the kernels in the library, chosen with ``FLAX_LOCAL_NATIVE_PATH``, whatever this CPU's best.
 
-
-# (-march, the vector path it builds, the CPU flags needed to run that build).
-_X86_BUILDS = [
-    ("-march=x86-64-v4", "avx512", {"avx512f", "avx512bw", "avx512vl"}),
-    ("-march=x86-64-v3", "avx2", {"avx2", "fma"}),
-    ("-march=x86-64", "generic", set()),
-]
-
-
-@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="checks the x86 builds")
-@pytest.mark.parametrize(("march", "path", "needs"), _X86_BUILDS, ids=[b[1] for b in _X86_BUILDS])
-def test_every_vector_path_builds_and_is_correct(tmp_path, march, path, needs):
-    """Each of the kernels' vector paths, whatever this machine's own -march picks.
-
-    CI machines differ (some have AVX-512, some only AVX2): each path is built
-    for its target explicitly, and run where this CPU can run it (else only
-    compiled). "auto" picks the kernels on the two hand-written paths only.
+    CI machines differ (some have AVX-512, some only AVX2): each copy runs where
+    this CPU can run it; elsewhere asking for it is a clear error, not a crash.
+    "auto" picks the kernels on the two hand-written paths only.
     """
-    env = {"FLAX_LOCAL_NATIVE_ARCH": march, "FLAX_LOCAL_CACHE_DIR": str(tmp_path)}
-    if not needs <= _cpu_flags():
-        code = "from flax_local._src import native_build as b; b._build(b._compiler(), b._library_path(b._compiler()))"
-        result = _run_python(code, **env)
-        assert result.returncode == 0, result.stderr
-        assert len(list(tmp_path.glob("locally_connected_*.so"))) == 1
-        pytest.skip(f"compiled only: this CPU lacks {sorted(needs - _cpu_flags())}")
     probe = "from flax_local._src import native_build; print('path', native_build.vector_path())"
-    result = _run_python(_PORTABLE_CHECK + _PROBE + probe, **env)
+    result = _run_python(_PORTABLE_CHECK + _PROBE + probe, FLAX_LOCAL_NATIVE_PATH=path)
+    if path != "generic" and not (_x86_linux() and _best_path(_cpu_flags()) in ("avx512", path)):
+        assert result.returncode != 0
+        assert f"FLAX_LOCAL_NATIVE_PATH='{path}'" in result.stderr
+        assert "no such copy" in result.stderr or "this CPU cannot run that copy" in result.stderr
+        pytest.skip(f"this CPU (or library) has no {path} copy")
     assert "portable ok" in result.stdout, result.stderr
     assert f"path {path}" in result.stdout
     assert ("auto native" if path in native_build.FAST_VECTOR_PATHS else "auto patches") in result.stdout
+    assert "warnings []" in result.stdout  # a path chosen on purpose does not warn
+
+
+def test_an_unknown_path_is_a_clear_error():
+    result = _run_python(_PROBE, FLAX_LOCAL_NATIVE_PATH="sse9")
+    assert "error FLAX_LOCAL_NATIVE_PATH='sse9': the library has no such copy" in result.stdout
+    assert "generic" in result.stdout and "available False" in result.stdout

@@ -441,7 +441,7 @@ def apply_native(
 
     Raises:
       ValueError: for a dtype the kernels do not support (float64, integers).
-      NativeUnavailableError: when the kernels cannot be built on this machine.
+      NativeUnavailableError: when the kernels were not installed or cannot load here.
 
     Example:
       >>> import jax.numpy as jnp

@@ -3,7 +3,7 @@
 Run it from the repository root in an environment with TensorFlow (never
 needed by flax_local itself)::
 
-    pip install -e .[keras]
+    pip install -e .[keras-live]
     python tests/keras_golden/generate.py
 
 It rewrites, in tests/keras_golden/ (about 1 MB in all):

@@ -15,8 +15,9 @@
 // over positions on XLA's intra-op thread pool, with register-blocked tiles of
 // vectors (16 floats with AVX-512, 8 with AVX2; half vectors where a tile has
 // at most half a vector of columns) along the output's contiguous axis (tiles.h; vector helpers in simd.h, the split
-// between threads in threads.h). Compiled by
-// flax_local/_src/native_build.py with the host's -march.
+// between threads in threads.h). Compiled once per instruction set by
+// CMakeLists.txt, with FLAX_LOCAL_VARIANT naming the copy: every exported
+// symbol ends in _<variant>, and dispatch.cc picks one copy at load.
 
 #include <algorithm>
 #include <cstdint>
@@ -31,6 +32,14 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+
+#ifndef FLAX_LOCAL_VARIANT
+#error "compile with -DFLAX_LOCAL_VARIANT=<name> (see CMakeLists.txt)"
+#endif
+#define FLAX_LOCAL_PASTE(name, variant) name##_##variant
+#define FLAX_LOCAL_EXPAND_PASTE(name, variant) FLAX_LOCAL_PASTE(name, variant)
+// name_<variant>: this copy's name for an exported symbol.
+#define FLAX_LOCAL_SYMBOL(name) FLAX_LOCAL_EXPAND_PASTE(name, FLAX_LOCAL_VARIANT)
 
 namespace flax_local {
 namespace {
@@ -286,30 +295,30 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<WeightType> w, ffi::B
 }  // namespace flax_local
 
 // The handlers, one per weight type: FlaxLocal{Forward,KernelGrad,InputGrad}
-// for float32 weights and ...Bf16 for bfloat16 ones.
-#define FLAX_LOCAL_HANDLERS(SUFFIX, WEIGHT_TYPE)                                             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalForward##SUFFIX, flax_local::Forward<WEIGHT_TYPE>,              \
-                                ffi::Ffi::Bind()                                             \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
-                                    .Arg<ffi::Buffer<WEIGHT_TYPE>>()                         \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
-                                    .Arg<ffi::Buffer<ffi::S32>>()                            \
-                                    .Ret<ffi::Buffer<ffi::F32>>()                            \
-                                    .Ctx<ffi::ThreadPool>());                                \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalKernelGrad##SUFFIX, flax_local::KernelGrad<WEIGHT_TYPE>,        \
-                                ffi::Ffi::Bind()                                             \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
-                                    .Arg<ffi::Buffer<ffi::S32>>()                            \
-                                    .Ret<ffi::Buffer<WEIGHT_TYPE>>()                         \
-                                    .Ret<ffi::Buffer<ffi::F32>>()                            \
-                                    .Ctx<ffi::ThreadPool>());                                \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(FlaxLocalInputGrad##SUFFIX, flax_local::InputGrad<WEIGHT_TYPE>,          \
-                                ffi::Ffi::Bind()                                             \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
-                                    .Arg<ffi::Buffer<WEIGHT_TYPE>>()                         \
-                                    .Arg<ffi::Buffer<ffi::S32>>()                            \
-                                    .Ret<ffi::Buffer<ffi::F32>>()                            \
+// for float32 weights and ...Bf16 for bfloat16 ones (each with this copy's suffix).
+#define FLAX_LOCAL_HANDLERS(SUFFIX, WEIGHT_TYPE)                                                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(FLAX_LOCAL_SYMBOL(FlaxLocalForward##SUFFIX), flax_local::Forward<WEIGHT_TYPE>, \
+                                ffi::Ffi::Bind()                                                              \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                                             \
+                                    .Arg<ffi::Buffer<WEIGHT_TYPE>>()                                          \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                                             \
+                                    .Arg<ffi::Buffer<ffi::S32>>()                                             \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                                             \
+                                    .Ctx<ffi::ThreadPool>());                                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(FLAX_LOCAL_SYMBOL(FlaxLocalKernelGrad##SUFFIX), flax_local::KernelGrad<WEIGHT_TYPE>, \
+                                ffi::Ffi::Bind()                                                              \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                                             \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                                             \
+                                    .Arg<ffi::Buffer<ffi::S32>>()                                             \
+                                    .Ret<ffi::Buffer<WEIGHT_TYPE>>()                                          \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                                             \
+                                    .Ctx<ffi::ThreadPool>());                                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(FLAX_LOCAL_SYMBOL(FlaxLocalInputGrad##SUFFIX), flax_local::InputGrad<WEIGHT_TYPE>, \
+                                ffi::Ffi::Bind()                                                              \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                                             \
+                                    .Arg<ffi::Buffer<WEIGHT_TYPE>>()                                          \
+                                    .Arg<ffi::Buffer<ffi::S32>>()                                             \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                                             \
                                     .Ctx<ffi::ThreadPool>());
 
 FLAX_LOCAL_HANDLERS(, ffi::F32)
@@ -317,12 +326,12 @@ FLAX_LOCAL_HANDLERS(Bf16, ffi::BF16)
 
 // The size above which the kernel gradient (float32) is written around the
 // cache: $FLAX_LOCAL_STREAM_BYTES, or the last-level cache's size.
-extern "C" int64_t FlaxLocalStreamThresholdBytes() { return flax_local::StreamThresholdBytes(); }
+extern "C" int64_t FLAX_LOCAL_SYMBOL(FlaxLocalStreamThresholdBytes)() { return flax_local::StreamThresholdBytes(); }
 
 // The vector code the kernels were built with: "avx512", "avx2" or "generic"
-// (the compiler's own code for 16-float vectors, correct but 12-32x
+// (the compiler's own code for 16-float vectors, correct but many times
 // slower; "auto" does not pick the kernels then).
-extern "C" const char* FlaxLocalVectorPath() {
+extern "C" const char* FLAX_LOCAL_SYMBOL(FlaxLocalVectorPath)() {
 #if defined(FLAX_LOCAL_SIMD_AVX512)
   return "avx512";
 #elif defined(FLAX_LOCAL_SIMD_AVX2)

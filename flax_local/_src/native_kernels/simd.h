@@ -19,7 +19,8 @@
 
 // The instruction sets with a hand-written path here. Without one the kernels
 // still build and give the same numbers, through the compiler's generic
-// vector code, but run 12-32x slower (native_build.vector_path() says which).
+// vector code, but run many times slower (benchmarks/EXPERIMENTS.md, "On an
+// AVX2-only CPU"; flax_local.native_kernels() says which copy is loaded).
 #if defined(__AVX512F__) && defined(__AVX512VL__)  // VL: the 8-lane masked half vectors
 #define FLAX_LOCAL_SIMD_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -141,10 +142,9 @@ inline void StreamFence() {
 // weights (and kernel gradient) are read (written) once per call, straight
 // from memory: the tiles ask for the next position's lines as they go through
 // the current one's, so the next position's loads do not wait on memory
-// (measured where the weights do not fit in cache: forward 0.75-0.9x, input
-// gradient 0.6-0.8x, kernel gradient 0.94-0.97x the time). A position's later
-// row blocks ask again for lines already on their way: an instruction per
-// line, not measured against skipping them.
+// where the weights do not fit in cache (benchmarks/EXPERIMENTS.md, "The
+// native kernels"). A position's later row blocks ask again for lines already
+// on their way: an instruction per line.
 inline void PrefetchRead(const void* p) { __builtin_prefetch(p, 0, 3); }
 inline void PrefetchWrite(const void* p) { __builtin_prefetch(p, 1, 3); }
 

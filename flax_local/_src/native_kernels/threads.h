@@ -57,8 +57,9 @@ void ParallelParts(int64_t parts, int64_t workers, ffi::ThreadPool& pool, const 
 
 // Asks for transparent huge pages on a large output before it is first
 // written. XLA maps buffers of tens of MiB fresh on every call, so writing one
-// costs a page fault per 4 KiB (measured: a 100 MiB kernel gradient spent
-// more time faulting than computing); with 2 MiB pages that is 512x fewer.
+// costs a page fault per 4 KiB, which can take longer than the computing
+// (benchmarks/EXPERIMENTS.md, "Where the time of the largest cases goes");
+// with 2 MiB pages that is 512x fewer.
 // Only a hint: without THP in `madvise` or `always` mode nothing changes.
 void AdviseHugePages(void* data, int64_t bytes) {
   constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
@@ -111,9 +112,8 @@ int64_t StreamThresholdBytes() {
 // `data`, with StoreStream: where it is larger than the last-level cache, its
 // first lines are evicted before the call ends, unread, so reading each line
 // before writing it (what a normal store does) only costs memory traffic
-// (measured with AVX2, timed in turns with normal stores: the kernel gradient
-// in 0.75x the time on large's 326 MB, 0.9x on big56's 107 MB); and where
-// every row starts aligned for whole vectors.
+// (benchmarks/EXPERIMENTS.md, "Where large's kernels wait"); and where every
+// row starts aligned for whole vectors.
 bool WritesAroundCache(const float* data, int64_t bytes, int64_t row_floats) {
   return bytes > StreamThresholdBytes() && reinterpret_cast<uintptr_t>(data) % sizeof(Vec) == 0 &&
          row_floats % kLanes == 0;

@@ -44,8 +44,8 @@ constexpr int kRegisters = 32, kAccumulators = 12, kMaxTileVectors = 4, kHalfTil
 // Tiles whose columns fit in half a vector (at most kHalfLanes filters, or a
 // batch of at most kHalfLanes in the input gradient) use half vectors
 // instead, kHalfTileRows rows of them: the same instruction count with no
-// lanes wasted, and more rows per tile (measured with AVX-512: 0.65-0.85x the
-// time on vol3d, long1d).
+// lanes wasted, and more rows per tile (benchmarks/EXPERIMENTS.md, "The native
+// kernels").
 
 // Calls chunk(integral_constant<NV>, start, last_lanes) for [0, n) in chunks
 // of up to kMaxTileVectors vectors, the last one holding last_lanes (1..kLanes).
@@ -94,12 +94,8 @@ inline int64_t LanesOf(int j, int nv, int64_t last_lanes) { return j == nv - 1 ?
 
 // Calls tile(integral_constant<bool, partial>), partial = last_lanes < kLanes:
 // a tile whose vectors are all whole then has no lane mask, nor a branch on
-// one, in its inner loop. With that, stepped row pointers, and (in the two
-// gradients) the next position's lines asked for before the loop, measured
-// with AVX2, timed in turns with the earlier loops in one process: the kernel
-// gradient took 0.90-0.98x the time on six 2D cases, the input gradient
-// 0.85-0.91x on the three smallest in one run (0.96-1.0x in another), the
-// forward 0.91-0.96x at C = 3 and within 5% either way elsewhere.
+// one, in its inner loop (benchmarks/EXPERIMENTS.md, "Tile loops without lane
+// masks").
 template <typename Tile>
 void WithLastVector(int64_t last_lanes, const Tile& tile) {
   if (last_lanes == kLanes) {
@@ -112,8 +108,7 @@ void WithLastVector(int64_t last_lanes, const Tile& tile) {
 // Helpers a tile calls in or around its loop are always inlined: a call left
 // out of line that takes the accumulators by reference (StoreTile) makes their
 // address escape, and the compiler then keeps them in memory through the whole
-// loop (seen in a test harness once the tiles had two variants each: the
-// forward 2.5x slower).
+// loop (benchmarks/EXPERIMENTS.md, "Tile loops without lane masks").
 #define FLAX_LOCAL_TILE_HELPER inline __attribute__((always_inline))
 
 // Vector j of a tile's NV at p: whole, or its last_lanes lanes where it is a
@@ -378,9 +373,8 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
     });
   }
   // db[f] = sum_b dy[b, f], summed in registers a chunk of filters at a time
-  // (summed in db itself, each row's sums waited for the previous row's
-  // stores: 9% of the kernel gradient's time at C = 3, F = 64 in a one-thread
-  // loop with everything in cache; 0.98x the layer's kernel gradient there).
+  // (summed in db itself, each row's sums would wait for the previous row's
+  // stores).
   constexpr int64_t kSumVectors = 4, kChunk = kSumVectors * kLanes;
   for (int64_t f0 = 0; f0 < filters; f0 += kChunk) {
     const int64_t n = std::min(kChunk, filters - f0);
@@ -405,7 +399,8 @@ void KernelGradPosition(const float* x, int64_t x_batch, const int32_t* rows, in
 // kLanes j, is the contribution of tap row k0 + i to dxt[row(k), c(k), b], added
 // straight from registers: no transposed weights, no scalar scatter. Where
 // row k goes in dxt is looked up in a per-position table of offsets (an
-// integer division per row made the kernel 1.03-1.5x slower).
+// integer division per row is slower: benchmarks/EXPERIMENTS.md, "The native
+// kernels").
 // ----------------------------------------------------------------------------
 
 struct InputGradArgs {

@@ -60,8 +60,9 @@ class LocallyConnected(nn.Module):
         ``flax_local.constraints.enforce_constraints`` after each update.
       bias_constraint: as ``kernel_constraint``, for the bias.
       implementation: ``"auto"``, ``"native"``, ``"patches"``, ``"dense"``,
-        ``"sparse"`` (or Keras's 1, 2, 3 for the last three). All compute the
-        same numbers from the same params.
+        ``"sparse"``, ``"pallas"`` (or Keras's 1, 2, 3 for ``"patches"``,
+        ``"dense"``, ``"sparse"``). All compute the same numbers from the
+        same params.
       dtype: the computation dtype (default: inferred from inputs and params).
       param_dtype: the dtype of the parameters.
       precision: numerical precision of the matrix products.
@@ -230,6 +231,14 @@ class LocallyConnected1D(LocallyConnected):
     Inputs ``(*batch, steps, C)`` (or ``(*batch, C, steps)``); kernel
     ``(out_steps, k, C, filters)``; bias ``(out_steps, filters)``.
 
+    Arguments as ``flax_local.LocallyConnected``, which describes each; for rank 1:
+
+    Attributes:
+      kernel_size: the window size, an int or a sequence of one int.
+      strides: an int or a sequence of one int.
+      padding: ``"valid"``, ``"same"``, ``"causal"``, or a sequence of one ``(low, high)`` pair.
+      dilation_rate: an int or a sequence of one int.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from flax_local import LocallyConnected1D
@@ -251,6 +260,14 @@ class LocallyConnected2D(LocallyConnected):
     Inputs ``(*batch, H, W, C)`` (or ``(*batch, C, H, W)``); kernel ``(oH, oW,
     kH, kW, C, filters)``; bias ``(oH, oW, filters)``.
 
+    Arguments as ``flax_local.LocallyConnected``, which describes each; for rank 2:
+
+    Attributes:
+      kernel_size: the window size, an int (for every dimension) or 2 ints.
+      strides: an int (for every dimension) or 2 ints.
+      padding: ``"valid"``, ``"same"``, or a sequence of 2 ``(low, high)`` pairs.
+      dilation_rate: an int (for every dimension) or 2 ints.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from flax_local import LocallyConnected2D
@@ -269,6 +286,14 @@ class LocallyConnected3D(LocallyConnected):
 
     Inputs ``(*batch, D, H, W, C)`` (or ``(*batch, C, D, H, W)``); kernel
     ``(oD, oH, oW, kD, kH, kW, C, filters)``; bias ``(oD, oH, oW, filters)``.
+
+    Arguments as ``flax_local.LocallyConnected``, which describes each; for rank 3:
+
+    Attributes:
+      kernel_size: the window size, an int (for every dimension) or 3 ints.
+      strides: an int (for every dimension) or 3 ints.
+      padding: ``"valid"``, ``"same"``, or a sequence of 3 ``(low, high)`` pairs.
+      dilation_rate: an int (for every dimension) or 3 ints.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -26,8 +26,16 @@ class LocallyConnected1DTranspose(_LocallyConnectedTranspose):
 
     Inputs ``(*batch, steps, C)`` (or ``(*batch, C, steps)``); kernel
     ``(steps, k, filters, C)``; bias ``(out_steps, filters)``, ``out_steps``
-    as Keras computes it. Arguments and behaviour as
-    ``LocallyConnected2DTranspose``.
+    as Keras computes it.
+
+    Arguments and behaviour as ``flax_local.LocallyConnected2DTranspose``, which describes each; for rank 1:
+
+    Attributes:
+      kernel_size: the window size, an int or a sequence of one int.
+      strides: an int or a sequence of one int.
+      padding: ``"valid"`` or ``"same"``, as Keras's ``Conv1DTranspose``.
+      output_padding: None, or an int or a sequence of one int, each smaller than the stride.
+      dilation_rate: an int or a sequence of one int.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -74,6 +82,8 @@ class LocallyConnected2DTranspose(_LocallyConnectedTranspose):
     ``flax_local.LocallyConnected2D``.
 
     Attributes:
+      kernel_size: the window size, an int (for every dimension) or 2 ints.
+      strides: the step between windows on the output, an int or 2 ints.
       padding: ``"valid"`` or ``"same"``, as Keras's ``Conv2DTranspose``.
       output_padding: None, or an int or one per spatial dimension, each
         smaller than the stride: extra output size on the high side, as in
@@ -102,7 +112,15 @@ class LocallyConnected3DTranspose(_LocallyConnectedTranspose):
 
     Inputs ``(*batch, D, H, W, C)`` (or ``(*batch, C, D, H, W)``); kernel
     ``(D, H, W, kD, kH, kW, filters, C)``; bias ``(oD, oH, oW, filters)``.
-    Arguments and behaviour as ``LocallyConnected2DTranspose``.
+
+    Arguments and behaviour as ``flax_local.LocallyConnected2DTranspose``, which describes each; for rank 3:
+
+    Attributes:
+      kernel_size: the window size, an int (for every dimension) or 3 ints.
+      strides: an int (for every dimension) or 3 ints.
+      padding: ``"valid"`` or ``"same"``, as Keras's ``Conv3DTranspose``.
+      output_padding: None, or an int (for every dimension) or 3 ints, each smaller than the stride.
+      dilation_rate: an int (for every dimension) or 3 ints.
 
     Example:
       >>> import jax, jax.numpy as jnp

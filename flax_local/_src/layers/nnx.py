@@ -100,8 +100,9 @@ class LocallyConnected(nnx.Module):
       kernel_constraint: None, a callable or a name; see ``apply_constraints``.
       bias_constraint: as ``kernel_constraint``, for the bias.
       implementation: ``"auto"``, ``"native"``, ``"patches"``, ``"dense"``,
-        ``"sparse"`` (or Keras's 1, 2, 3 for the last three). All compute the
-        same numbers from the same params.
+        ``"sparse"``, ``"pallas"`` (or Keras's 1, 2, 3 for ``"patches"``,
+        ``"dense"``, ``"sparse"``). All compute the same numbers from the
+        same params.
       dtype: the computation dtype (default: inferred from inputs and params).
       param_dtype: the dtype of the parameters.
       precision: numerical precision of the matrix products.
@@ -368,7 +369,16 @@ class LocallyConnected1D(LocallyConnected):
 
     Inputs ``(*batch, steps, C)`` (or ``(*batch, C, steps)``) with ``steps ==
     input_shape[0]`` and ``C == in_features``; kernel ``(out_steps, k, C,
-    filters)``; bias ``(out_steps, filters)``. Arguments as ``LocallyConnected``.
+    filters)``; bias ``(out_steps, filters)``.
+
+    Arguments as ``flax_local.nnx.LocallyConnected``, which describes each; for rank 1:
+
+    Args:
+      input_shape: the inputs' spatial shape, ``(steps,)`` (no batch, no channels).
+      kernel_size: the window size, an int or a sequence of one int.
+      strides: an int or a sequence of one int.
+      padding: ``"valid"``, ``"same"``, ``"causal"``, or a sequence of one ``(low, high)`` pair.
+      dilation_rate: an int or a sequence of one int.
 
     Example:
       >>> import jax.numpy as jnp
@@ -389,7 +399,16 @@ class LocallyConnected2D(LocallyConnected):
 
     Inputs ``(*batch, H, W, C)`` (or ``(*batch, C, H, W)``) with ``(H, W) ==
     input_shape`` and ``C == in_features``; kernel ``(oH, oW, kH, kW, C,
-    filters)``; bias ``(oH, oW, filters)``. Arguments as ``LocallyConnected``.
+    filters)``; bias ``(oH, oW, filters)``.
+
+    Arguments as ``flax_local.nnx.LocallyConnected``, which describes each; for rank 2:
+
+    Args:
+      input_shape: the inputs' spatial shape, ``(H, W)`` (no batch, no channels).
+      kernel_size: the window size, an int (for every dimension) or 2 ints.
+      strides: an int (for every dimension) or 2 ints.
+      padding: ``"valid"``, ``"same"``, or a sequence of 2 ``(low, high)`` pairs.
+      dilation_rate: an int (for every dimension) or 2 ints.
 
     Example:
       >>> import jax.numpy as jnp
@@ -410,8 +429,16 @@ class LocallyConnected3D(LocallyConnected):
 
     Inputs ``(*batch, D, H, W, C)`` (or ``(*batch, C, D, H, W)``) with ``(D, H,
     W) == input_shape`` and ``C == in_features``; kernel ``(oD, oH, oW, kD, kH,
-    kW, C, filters)``; bias ``(oD, oH, oW, filters)``. Arguments as
-    ``LocallyConnected``.
+    kW, C, filters)``; bias ``(oD, oH, oW, filters)``.
+
+    Arguments as ``flax_local.nnx.LocallyConnected``, which describes each; for rank 3:
+
+    Args:
+      input_shape: the inputs' spatial shape, ``(D, H, W)`` (no batch, no channels).
+      kernel_size: the window size, an int (for every dimension) or 3 ints.
+      strides: an int (for every dimension) or 3 ints.
+      padding: ``"valid"``, ``"same"``, or a sequence of 3 ``(low, high)`` pairs.
+      dilation_rate: an int (for every dimension) or 3 ints.
 
     Example:
       >>> import jax.numpy as jnp

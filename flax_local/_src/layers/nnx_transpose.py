@@ -95,8 +95,17 @@ class LocallyConnected1DTranspose(_LocallyConnectedTranspose):
 
     Inputs ``(*batch, steps, C)`` (or ``(*batch, C, steps)``) with ``steps ==
     input_shape[0]`` and ``C == in_features``; kernel ``(steps, k, filters,
-    C)``; bias ``(out_steps, filters)``. Arguments and behaviour as
-    ``LocallyConnected2DTranspose``.
+    C)``; bias ``(out_steps, filters)``.
+
+    Arguments and behaviour as ``flax_local.nnx.LocallyConnected2DTranspose``, which describes each; for rank 1:
+
+    Args:
+      input_shape: the inputs' spatial shape, ``(steps,)`` (no batch, no channels).
+      kernel_size: the window size, an int or a sequence of one int.
+      strides: an int or a sequence of one int.
+      padding: ``"valid"`` or ``"same"``, as Keras's ``Conv1DTranspose``.
+      output_padding: None, or an int or a sequence of one int, each smaller than the stride.
+      dilation_rate: an int or a sequence of one int.
 
     Example:
       >>> import jax.numpy as jnp
@@ -151,7 +160,7 @@ class LocallyConnected2DTranspose(_LocallyConnectedTranspose):
         ``kernel[i, j, ..., f, :]``; see ``apply_constraints``.
       bias_constraint: see ``flax_local.nnx.LocallyConnected``.
       implementation: ``"auto"``, ``"native"``, ``"patches"``, ``"dense"``,
-        ``"sparse"``; all compute the same numbers.
+        ``"sparse"``, ``"pallas"``; all compute the same numbers.
       dtype: the computation dtype (default: inferred).
       param_dtype: the dtype of the parameters.
       precision: numerical precision of the matrix products.
@@ -187,8 +196,17 @@ class LocallyConnected3DTranspose(_LocallyConnectedTranspose):
 
     Inputs ``(*batch, D, H, W, C)`` (or ``(*batch, C, D, H, W)``) with ``(D,
     H, W) == input_shape`` and ``C == in_features``; kernel ``(D, H, W, kD,
-    kH, kW, filters, C)``; bias ``(oD, oH, oW, filters)``. Arguments and
-    behaviour as ``LocallyConnected2DTranspose``.
+    kH, kW, filters, C)``; bias ``(oD, oH, oW, filters)``.
+
+    Arguments and behaviour as ``flax_local.nnx.LocallyConnected2DTranspose``, which describes each; for rank 3:
+
+    Args:
+      input_shape: the inputs' spatial shape, ``(D, H, W)`` (no batch, no channels).
+      kernel_size: the window size, an int (for every dimension) or 3 ints.
+      strides: an int (for every dimension) or 3 ints.
+      padding: ``"valid"`` or ``"same"``, as Keras's ``Conv3DTranspose``.
+      output_padding: None, or an int (for every dimension) or 3 ints, each smaller than the stride.
+      dilation_rate: an int (for every dimension) or 3 ints.
 
     Example:
       >>> import jax.numpy as jnp

@@ -235,6 +235,28 @@ def check_position_sharded_kernel_stays_on_patches():
     )
 
 
+def check_logical_partitioning_replicated_runs_fused():
+    plain, params, x, target = _linen_setup()
+    layer = flax_local.LocallyConnected2D(16, 3, padding="same", logical_partitioning=True)
+    want = _linen_step(plain)(params, x, target)
+    step = _linen_step(layer)
+    with jax.set_mesh(_mesh()):
+        xs, ts = jax.device_put(x, P("data")), jax.device_put(target, P("data"))
+        got = step(params, xs, ts)
+        fused = step.lower(params, xs, ts).compile().as_text()
+        sharded = {name: jax.device_put(value, P("model")) for name, value in params.items()}
+        got_sharded = step(sharded, xs, ts)
+        by_position = step.lower(sharded, xs, ts).compile().as_text()
+    _all_close(got, want, "replicated params: loss and gradients")
+    _fused_hlo(fused, "logical_partitioning, replicated params")
+    _all_close(got_sharded, want, "position-sharded params: loss and gradients")
+    _patches_hlo(by_position, "logical_partitioning, position-sharded params")
+    return (
+        "linen logical_partitioning=True: replicated params with a batch-sharded input run the native "
+        "kernels per device; params sharded by position run 'patches'; equal numbers both ways"
+    )
+
+
 def check_auto_mesh_stays_on_patches():
     layer, params, x, target = _linen_setup()
     mesh = _mesh(AxisType.Auto)

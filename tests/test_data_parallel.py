@@ -25,6 +25,7 @@ _MULTI_DEVICE_CHECKS = [
     "functional_1d_two_batch_dims_channels_first",
     "functional_2d_batch_sharded",
     "linen_training_step",
+    "logical_partitioning_replicated_runs_fused",
     "nnx_3d_training_step",
     "position_sharded_kernel_stays_on_patches",
     "predicate",
@@ -80,3 +81,17 @@ def test_one_device_mesh_is_not_data_parallel():
         flags = []
         jax.shard_map(lambda x_: flags.append(data_parallel.runs_per_device()) or x_, out_specs=P("data"))(xs)
     assert flags == [True]  # inside a shard_map over every axis the code is per device
+
+
+def test_logical_partitioning_keeps_native_on_one_device():
+    """One device holds every position: nothing to partition, so "auto" keeps the fused kernels."""
+    import flax_local
+    from flax_local._src import native_build
+
+    if not native_build.is_available():
+        pytest.skip("native kernels not installed")
+    layer = flax_local.LocallyConnected2D(4, 3, logical_partitioning=True)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), jnp.float32)
+    variables = layer.init(jax.random.key(0), x)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).sum()))(variables))
+    assert "flax_local_forward" in jaxpr and "flax_local_kernel_grad" in jaxpr, jaxpr[:2000]

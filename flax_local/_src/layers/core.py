@@ -32,7 +32,7 @@ import numpy as np
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
-from flax_local._src import arguments
+from flax_local._src import arguments, data_parallel
 from flax_local._src import geometry as geometry_lib
 from flax_local._src import sharding as sharding_lib
 from flax_local._src.activations import Activation, get_activation
@@ -157,10 +157,6 @@ def configure(
     data_format = arguments.check_data_format(data_format)
     implementation = arguments.check_implementation(implementation)
     logical_partitioning = _check_bool(logical_partitioning, "logical_partitioning")
-    if implementation == "auto" and logical_partitioning:
-        # "patches" partitions by position; "dense" builds its matrix whole
-        # and XLA can only replicate "native"'s custom calls.
-        implementation = "patches"
     use_bias = _check_bool(use_bias, "use_bias")
     kernel_constraint = get_constraint(kernel_constraint, "kernel_constraint")
     bias_constraint_resolved = get_constraint(bias_constraint, "bias_constraint")
@@ -315,6 +311,27 @@ class LocalOp:
 FORWARD = LocalOp()
 
 
+def _partitionable(
+    config: LayerConfig, inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None
+) -> LayerConfig:
+    """``config`` with ``"auto"`` resolved to ``"patches"`` where the kernel may be sharded by position.
+
+    With ``logical_partitioning`` on several devices the parameters may be split
+    by position, which only ``"patches"`` partitions ("dense" builds its matrix
+    whole and XLA can only replicate a custom call). Left as ``"auto"`` on one
+    device, and where the types prove batch-only sharding (the layer then runs
+    per device, ``data_parallel``).
+    """
+    if (
+        config.implementation != "auto"
+        or not config.logical_partitioning
+        or jax.device_count() == 1
+        or data_parallel.data_parallel_specs(inputs, kernel, bias, rank=config.rank) is not None
+    ):
+        return config
+    return dataclasses.replace(config, implementation="patches")
+
+
 def check_kernel_shape(
     config: LayerConfig,
     op: LocalOp,
@@ -393,6 +410,7 @@ def forward(
 ) -> jax.Array:
     """Promotes dtypes, runs the op on any mesh and applies the activation."""
     inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=config.dtype)
+    config = _partitionable(config, inputs, kernel, bias)
     kernel_spec_rule = functools.partial(op.out_sharding, config)
     y = sharding_lib.call_on_any_mesh(
         functools.partial(op.compute, config),

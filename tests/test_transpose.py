@@ -576,3 +576,12 @@ def test_output_shape_rejects_causal_padding():
 def test_output_shape_rejects_bad_input_spatial(input_spatial):
     with pytest.raises(ValueError, match="input_spatial"):
         transpose_output_shape(input_spatial, 3)
+
+
+@pytest.mark.parametrize("implementation", ["patches", "dense", "sparse", "native"])
+def test_non_floating_operands_raise(implementation):
+    """An integer y gave a float0 result under "patches" and "dense"; now a clear error."""
+    y = jnp.ones((2, 3, 3, 4), jnp.int32)
+    kernel = jnp.ones((3, 3, 3, 3, 2, 4), jnp.int32)
+    with pytest.raises(ValueError, match="locally_connected_transpose computes in floating point"):
+        locally_connected_transpose(y, kernel, spatial_shape=(5, 5), implementation=implementation)

@@ -80,7 +80,7 @@ def check_implementation(implementation: str | int) -> str:
     )
 
 
-def check_floating_dtype(dtype, **operands) -> None:
+def check_floating_dtype(dtype, op: str = "locally_connected", **operands) -> None:
     """Raises unless the layer's ``dtype`` (the operands' common type) is floating point.
 
     Every implementation computes in floating point; integer or bool layers
@@ -89,9 +89,8 @@ def check_floating_dtype(dtype, **operands) -> None:
     if not jnp.issubdtype(dtype, jnp.floating):
         given = ", ".join(f"{name} {jnp.dtype(value.dtype)}" for name, value in operands.items())
         raise ValueError(
-            f"locally_connected computes in floating point, but its operands ({given}) have "
-            f"common dtype {jnp.dtype(dtype)}; cast x or the kernel to a floating dtype "
-            f"(e.g. float32) first."
+            f"{op} computes in floating point, but its operands ({given}) have common dtype "
+            f"{jnp.dtype(dtype)}; cast them to a floating dtype (e.g. float32) first."
         )
 
 

@@ -98,13 +98,7 @@ def locally_connected(
     """
     kernel = jnp.asarray(kernel)
     x = jnp.asarray(x)
-    if kernel.ndim < 4 or kernel.ndim % 2:
-        raise ValueError(
-            "kernel must have shape (*output_spatial, *kernel_size, in_channels, filters), "
-            f"i.e. rank 4, 6 or 8 for 1, 2 or 3 spatial dimensions, got shape {kernel.shape}."
-        )
-    rank = (kernel.ndim - 2) // 2
-    kernel_size = tuple(kernel.shape[rank : 2 * rank])
+    rank, kernel_size = kernel_rank(kernel, "(*output_spatial, *kernel_size, in_channels, filters)")
     _, strides_t, padding_v, dilation_t = geometry_lib.check_geometry_arguments(
         rank, kernel_size, strides, padding, dilation_rate
     )
@@ -113,18 +107,8 @@ def locally_connected(
     arguments.check_precision(precision)
     if max_matrix_bytes is not None:
         arguments.check_positive(max_matrix_bytes, "max_matrix_bytes")
-    if x.ndim < rank + 1:
-        raise ValueError(
-            f"x must have rank >= {rank + 1} (optional batch dimensions, {rank} spatial "
-            f"dimension(s) and channels) for a kernel of {rank} spatial dimension(s), "
-            f"got shape {x.shape}."
-        )
+    batch_shape, channels, spatial = split_operand(x, "x", rank, data_format)
     channels_first = data_format == "channels_first"
-    batch_shape = x.shape[: x.ndim - rank - 1]
-    if channels_first:
-        channels, spatial = x.shape[len(batch_shape)], x.shape[len(batch_shape) + 1 :]
-    else:
-        channels, spatial = x.shape[-1], x.shape[len(batch_shape) : -1]
     if channels != kernel.shape[-2]:
         raise ValueError(
             f"x has {channels} channels ({data_format}, shape {x.shape}) but the kernel "
@@ -180,6 +164,33 @@ def locally_connected(
     if channels_first:
         y = jnp.moveaxis(y, -1, 1)
     return y.reshape(*batch_shape, *y.shape[1:])
+
+
+def kernel_rank(kernel: jax.Array, layout: str) -> tuple[int, tuple[int, ...]]:
+    """The spatial rank and ``kernel_size`` of a kernel laid out as ``layout``, or a ValueError."""
+    if kernel.ndim < 4 or kernel.ndim % 2:
+        raise ValueError(
+            f"kernel must have shape {layout}, i.e. rank 4, 6 or 8 for 1, 2 or 3 spatial "
+            f"dimensions, got shape {kernel.shape}."
+        )
+    rank = (kernel.ndim - 2) // 2
+    return rank, tuple(kernel.shape[rank : 2 * rank])
+
+
+def split_operand(
+    operand: jax.Array, name: str, rank: int, data_format: str
+) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
+    """``(batch_shape, channels, spatial)`` of an operand in ``data_format``, or a ValueError."""
+    if operand.ndim < rank + 1:
+        raise ValueError(
+            f"{name} must have rank >= {rank + 1} (optional batch dimensions, {rank} spatial "
+            f"dimension(s) and channels) for a kernel of {rank} spatial dimension(s), "
+            f"got shape {operand.shape}."
+        )
+    batch_shape = tuple(operand.shape[: operand.ndim - rank - 1])
+    if data_format == "channels_first":
+        return batch_shape, operand.shape[len(batch_shape)], tuple(operand.shape[len(batch_shape) + 1 :])
+    return batch_shape, operand.shape[-1], tuple(operand.shape[len(batch_shape) : -1])
 
 
 def checked_entry(

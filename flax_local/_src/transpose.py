@@ -35,7 +35,7 @@ from flax_local._src import arguments, registry
 from flax_local._src import geometry as geometry_lib
 from flax_local._src.auto import choose_implementation
 from flax_local._src.dense import DEFAULT_MAX_MATRIX_BYTES
-from flax_local._src.locally_connected import checked_entry
+from flax_local._src.locally_connected import checked_entry, kernel_rank, split_operand
 from flax_local._src.patches import apply_patches
 
 
@@ -105,13 +105,7 @@ def locally_connected_transpose(
     """
     kernel = jnp.asarray(kernel)
     y = jnp.asarray(y)
-    if kernel.ndim < 4 or kernel.ndim % 2:
-        raise ValueError(
-            "kernel must have shape (*y_spatial, *kernel_size, out_channels, y_channels), "
-            f"i.e. rank 4, 6 or 8 for 1, 2 or 3 spatial dimensions, got shape {kernel.shape}."
-        )
-    rank = (kernel.ndim - 2) // 2
-    kernel_size = tuple(kernel.shape[rank : 2 * rank])
+    rank, kernel_size = kernel_rank(kernel, "(*y_spatial, *kernel_size, out_channels, y_channels)")
     _, strides_t, padding_v, dilation_t = geometry_lib.check_geometry_arguments(
         rank, kernel_size, strides, padding, dilation_rate
     )
@@ -119,19 +113,8 @@ def locally_connected_transpose(
     implementation = arguments.check_implementation(implementation)
     arguments.check_precision(precision)
     spatial = arguments.to_tuple(spatial_shape, rank, "spatial_shape")
-    if y.ndim < rank + 1:
-        raise ValueError(
-            f"y must have rank >= {rank + 1} (optional batch dimensions, {rank} spatial "
-            f"dimension(s) and channels) for a kernel of {rank} spatial dimension(s), "
-            f"got shape {y.shape}."
-        )
+    batch_shape, y_channels, y_spatial = split_operand(y, "y", rank, data_format)
     channels_first = data_format == "channels_first"
-    batch_shape = y.shape[: y.ndim - rank - 1]
-    if channels_first:
-        y_channels, y_spatial = y.shape[len(batch_shape)], y.shape[len(batch_shape) + 1 :]
-    else:
-        y_channels, y_spatial = y.shape[-1], y.shape[len(batch_shape) : -1]
-    y_spatial = tuple(y_spatial)
     if y_channels != kernel.shape[-1]:
         raise ValueError(
             f"y has {y_channels} channels ({data_format}, shape {y.shape}) but the kernel "
@@ -152,6 +135,9 @@ def locally_connected_transpose(
                 f"got {bias.shape}."
             )
     dtype = jnp.result_type(y, kernel, *([] if bias is None else [bias]))
+    arguments.check_floating_dtype(
+        dtype, "locally_connected_transpose", y=y, kernel=kernel, **({} if bias is None else {"bias": bias})
+    )
     y, kernel = y.astype(dtype), kernel.astype(dtype)
     if implementation == "auto":
         implementation = choose_implementation(geometry, out_channels, y_channels, dtype)
